@@ -80,7 +80,9 @@ class Backbone(nn.Module):
 
 
 Builder = Callable[[Path], Backbone]
+Pretrainer = Callable[[np.ndarray, Path, dict, int], dict]
 _REGISTRY: dict[str, tuple[BackboneConfig, Builder]] = {}
+_PRETRAINERS: dict[str, Pretrainer] = {}
 
 
 def register_backbone(config: BackboneConfig) -> Callable[[Builder], Builder]:
@@ -93,6 +95,29 @@ def register_backbone(config: BackboneConfig) -> Callable[[Builder], Builder]:
         return build
 
     return decorator
+
+
+def register_pretrainer(name: str) -> Callable[[Pretrainer], Pretrainer]:
+    """Decorator for the function that makes a `pretrainable` backbone's checkpoint from the corpus.
+
+    It is called as `pretrain(signals, out, settings, seed) -> summary`: `signals` is [N, leads, T] float32
+    millivolts at the backbone's `spec` (a subsample of the training records), `out` the checkpoint path
+    to write (in the backbone's native checkpoint format), `settings` the backbone's `pretrain` params, and
+    the returned dict a small JSON-able summary (losses, sizes) that the stage records.
+    """
+
+    def decorator(pretrain: Pretrainer) -> Pretrainer:
+        _PRETRAINERS[name] = pretrain
+        return pretrain
+
+    return decorator
+
+
+def get_pretrainer(name: str) -> Pretrainer:
+    config = get_config(name)
+    if not config.pretrainable:
+        raise CheckpointError(f"backbone {name!r} is not pretrained by this project; get its checkpoint: {config.source}")
+    return _PRETRAINERS[name]
 
 
 def _import_all() -> None:
