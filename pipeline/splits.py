@@ -1,0 +1,54 @@
+"""Subject-wise splits: a held-out test set, and k folds of the training subjects for out-of-fold predictions.
+
+Records of one subject never straddle the test split or the folds. The test split is the same for every
+task (it is made over all usable records, before any label is looked at), so the gate and the evaluation
+of one task never see a test subject of another. Two methods (params.yaml `split`):
+
+- `subject` (EnECG's protocol): a seeded fraction of subjects is held out for testing;
+- `fold`: the manifest's `fold` column, e.g. PTB-XL strat_fold 1-8 train, 10 test (`train_folds`, `test_folds`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit
+
+from pipeline.errors import ManifestError
+
+
+@dataclass(frozen=True)
+class Split:
+    train: np.ndarray  # corpus row indices
+    test: np.ndarray
+    fold_of_train: np.ndarray  # fold number (0..k-1) of each train row, for out-of-fold predictions
+
+
+def make_split(subjects: np.ndarray, usable: np.ndarray, settings: dict, folds: np.ndarray | None = None) -> Split:
+    """Split the usable rows by subject according to params.yaml `split`."""
+    rows = np.flatnonzero(usable)
+    groups = subjects[rows]
+    method = settings.get("method", "subject")
+    if method == "subject":
+        splitter = GroupShuffleSplit(n_splits=1, test_size=float(settings.get("test_fraction", 0.2)), random_state=int(settings.get("seed", 0)))
+        train_pos, test_pos = next(splitter.split(rows, groups=groups))
+        train, test = rows[train_pos], rows[test_pos]
+    elif method == "fold":
+        if folds is None or np.any(folds[rows] < 0):
+            raise ManifestError("split.method is 'fold' but some manifest records have no 'fold' field")
+        train = rows[np.isin(folds[rows], settings["train_folds"])]
+        test = rows[np.isin(folds[rows], settings["test_folds"])]
+    else:
+        raise ManifestError(f"params.yaml: split.method is {method!r}; use 'subject' or 'fold'")
+    shared = set(subjects[train]) & set(subjects[test])
+    if shared:
+        raise ManifestError(f"subjects {sorted(shared)[:5]} have records in both the train and the test folds; folds must be subject-wise")
+    k = int(settings.get("k", 3))
+    if len(set(subjects[train])) < k or len(test) == 0:
+        raise ManifestError(f"too few subjects to split: {len(set(subjects[train]))} training subjects for k={k}, {len(test)} test records")
+    fold_of_train = np.empty(len(train), dtype=np.int64)
+    kfold = GroupKFold(n_splits=k, shuffle=True, random_state=int(settings.get("seed", 0)))
+    for fold, (_, held_out) in enumerate(kfold.split(train, groups=subjects[train])):
+        fold_of_train[held_out] = fold
+    return Split(train=train, test=test, fold_of_train=fold_of_train)

@@ -1,0 +1,158 @@
+"""Artifacts on disk: atomic writes, and resumable chunked Zarr stores that record what produced them.
+
+A long job (prepare over 800k records, extract on a GPU for hours) writes into `<store>.partial`, one chunk
+of records at a time, and ticks that chunk in a `done` array only after its data is written. A killed run
+resumes at the first chunk not ticked, provided the partial store was started from the same inputs (its
+`fingerprint` attribute); otherwise it starts over. Only a complete store is renamed to its final name, so
+a later stage never reads a half-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from pipeline import __version__
+from pipeline.errors import StoreError
+
+COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def canonical(value) -> object:
+    """A JSON round trip, so fingerprints compare equal whether they came from YAML, code or Zarr attrs."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    """Move a finished directory into place; an older target is removed only after the new one is there."""
+    old = target.with_name(f"{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(source, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; it replaces `target` only if the block finishes."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        if tmp.is_dir():
+            _replace_dir(tmp, target)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path, value) -> None:
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def provenance(**inputs) -> dict:
+    """What produced an artifact: the package version plus the inputs' hashes and params."""
+    return canonical({"enecg_version": __version__, **inputs})
+
+
+class ChunkedStore:
+    """A Zarr group filled chunk by chunk, resumable after a kill, published atomically when complete."""
+
+    def __init__(self, path: Path, fingerprint: dict, n_records: int, chunk_records: int):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.fingerprint = canonical(fingerprint)
+        self.n_records = n_records
+        self.chunk_records = chunk_records
+        self.n_chunks = max(1, -(-n_records // chunk_records))
+        self.group: zarr.Group | None = None
+        self.resumed_chunks = 0
+
+    def open(self, create_arrays: Callable[[zarr.Group], None]) -> zarr.Group:
+        """Resume a partial store made from the same inputs, or start a fresh one with `create_arrays`."""
+        if self.partial.exists():
+            try:
+                group = zarr.open_group(self.partial, mode="r+")
+                same = group.attrs.get("fingerprint") == self.fingerprint
+            except Exception:  # an unreadable leftover of a killed run is simply discarded
+                same = False
+            if same:
+                self.group = group
+                self.resumed_chunks = int(np.sum(group["done"][:]))
+                return group
+            shutil.rmtree(self.partial)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(self.partial, mode="w")
+        create_arrays(group)
+        group.create_array("done", shape=(self.n_chunks,), chunks=(self.n_chunks,), dtype=bool, fill_value=False)
+        group.attrs.update({"fingerprint": self.fingerprint, "chunk_records": self.chunk_records, "complete": False})
+        self.group = group
+        return group
+
+    def chunk(self, index: int) -> slice:
+        return slice(index * self.chunk_records, min((index + 1) * self.chunk_records, self.n_records))
+
+    def pending(self) -> list[int]:
+        done = self.group["done"][:]
+        return [index for index in range(self.n_chunks) if not done[index]]
+
+    def mark_done(self, index: int) -> None:
+        self.group["done"][index] = True
+
+    def finish(self, attrs: dict) -> None:
+        if self.pending():
+            raise StoreError(f"{self.partial}: chunks {self.pending()[:10]} are not written; cannot publish")
+        self.group.attrs.update({**canonical(attrs), "complete": True})
+        _replace_dir(self.partial, self.path)
+
+
+def create_records_array(group: zarr.Group, name: str, shape: tuple, chunk_records: int, dtype, fill_value=None):
+    """An array chunked along records only (one chunk = `chunk_records` whole records), compressed."""
+    return group.create_array(
+        name,
+        shape=shape,
+        chunks=(chunk_records, *shape[1:]),
+        dtype=dtype,
+        compressors=COMPRESSOR if np.dtype(dtype).kind in "fiub" else "auto",
+        fill_value=fill_value,
+    )
+
+
+def open_complete(path: Path, how_to_make: str) -> zarr.Group:
+    """Open a finished store read-only, or say which command makes it."""
+    path = Path(path)
+    if not path.exists():
+        hint = " (a partial store from an interrupted run exists; rerun to resume)" if path.with_name(path.name + ".partial").exists() else ""
+        raise StoreError(f"{path} does not exist{hint}; run `{how_to_make}`")
+    group = zarr.open_group(path, mode="r")
+    if not group.attrs.get("complete", False):
+        raise StoreError(f"{path} is incomplete; run `{how_to_make}` again")
+    return group
+
+
+def strings(array) -> np.ndarray:
+    """A Zarr string array as a plain numpy array of Python str."""
+    return np.array([str(value) for value in array[:]], dtype=object).astype(str)

@@ -1,0 +1,17 @@
+"""Stage `extract`: one frozen backbone over the corpus -> embeddings/NAME.zarr."""
+
+from pipeline.extract import extract_embeddings
+from pipeline.params import CORPUS, embeddings_path
+
+
+def run(params: dict, model: str, stop_after_chunks: int | None = None) -> dict:
+    settings = params["extract"]
+    return extract_embeddings(
+        model,
+        CORPUS,
+        embeddings_path(model),
+        batch_size=int(settings["batch_size"]),
+        chunk_records=int(settings["chunk_records"]),
+        device=str(settings.get("device", "auto")),
+        stop_after_chunks=stop_after_chunks,
+    )

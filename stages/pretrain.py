@@ -1,0 +1,29 @@
+"""Stage `pretrain`: make a pretrainable backbone's checkpoint from the corpus (self-supervised, no labels)."""
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.backbones import default_checkpoint, get_config, get_pretrainer
+from pipeline.corpus import open_corpus
+from pipeline.extract import to_spec
+from pipeline.params import CORPUS
+from pipeline.stores import write_json
+
+
+def run(params: dict, model: str) -> dict:
+    """Pretrain on up to `max_records` QC-passed records (a seeded subsample): labels are never read."""
+    settings = dict(params.get("pretrain", {}).get(model) or {})
+    seed = int(settings.pop("seed", 0))
+    pretrain = get_pretrainer(model)
+    corpus = open_corpus(CORPUS)
+    rows = np.flatnonzero(corpus["qc_ok"][:])
+    limit = int(settings.pop("max_records", len(rows)))
+    if len(rows) > limit:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+    signals = to_spec(corpus["signals"].oindex[rows], float(corpus.attrs["sampling_rate"]), list(corpus.attrs["leads"]), get_config(model).spec)
+    out = default_checkpoint(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = pretrain(signals, out, settings, seed)
+    write_json(out.parent / "pretrain.json", {"records": len(rows), "settings": settings, "seed": seed, "summary": summary})
+    return summary
