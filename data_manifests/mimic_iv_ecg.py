@@ -7,7 +7,8 @@ Inputs (column names exactly as in MIMIC-IV-ECG v1.0 and MIMIC-IV hosp; .csv or 
   bandwidth, filtering, rr_interval, p_onset, ...
 - optional MIMIC-IV `patients.csv(.gz)`: subject_id, gender, anchor_age, anchor_year, ...
 - optional MIMIC-IV `labevents.csv(.gz)`: subject_id, itemid, charttime, valuenum, ref_range_lower,
-  ref_range_upper, flag, ... (streamed in chunks: the real file has ~150 million rows).
+  ref_range_upper, flag, ... (streamed in chunks: the real file has ~150 million rows; itemid is matched
+  as the plain integer text MIMIC writes, and only the potassium rows' cells are parsed and checked).
 
 Tasks (record_id = study_id; subject_id = MIMIC subject_id; no fold: EnECG splits subject-wise k-fold later):
 - rr_interval (regression, ms) from machine_measurements; 29999 is the machine's "not measured" value,
@@ -24,8 +25,10 @@ Tasks (record_id = study_id; subject_id = MIMIC subject_id; no fold: EnECG split
 - report_label (multiclass arrhythmia) from the machine report lines, see `rhythm_label`.
 Without patients.csv / labevents.csv those tasks are left out of the manifest (not written as all-null).
 
-Selection: one_per_subject keeps each subject's first ECG (earliest ecg_time, then lowest study_id), as
-EnECG does; max_subjects keeps the subjects with the lowest subject_ids. EnECG: one_per_subject=True,
+Selection: one_per_subject keeps each subject's first ECG, made explicit as the earliest ecg_time (then the
+lowest study_id); EnECG's loader keeps the first row of each subject in its subset file. Selection comes
+before labels, as in EnECG: a subject whose first ECG lacks a label is not replaced by a later ECG.
+max_subjects keeps the subjects with the lowest subject_ids. EnECG: one_per_subject=True,
 max_subjects=30000. Rows keep record_list.csv's order.
 """
 

@@ -26,6 +26,7 @@ class TaskData:
     task: Task
     corpus: zarr.Group
     target: np.ndarray  # per corpus row
+    subjects: np.ndarray  # per corpus row
     train: np.ndarray  # labelled training rows
     test: np.ndarray  # labelled test rows
     fold_of_train: np.ndarray
@@ -51,4 +52,4 @@ def load_task_data(params: dict, task_name: str, corpus_path: Path = CORPUS) -> 
     test = split.test[present[split.test]]
     if len(train) == 0 or len(test) == 0:
         raise StoreError(f"task {task_name}: no labelled records in the {'train' if len(train) == 0 else 'test'} split")
-    return TaskData(task, corpus, target, train, test, fold_of_train)
+    return TaskData(task, corpus, target, subjects, train, test, fold_of_train)

@@ -51,7 +51,7 @@ def fit_expert(data: TaskData, embeddings: zarr.Array, settings: dict) -> Expert
     folds = list(data.folds())
     with progress_bar(f"heads {data.task.name}: folds", len(folds)) as advance:
         for fold, fit_rows, held_out in folds:
-            model, history = fit_head(data.task, take(fit_rows), data.target[fit_rows], settings, seed=int(settings["seed"]) + fold)
+            model, history = fit_head(data.task, take(fit_rows), data.target[fit_rows], data.subjects[fit_rows], settings, seed=int(settings["seed"]) + fold)
             oof[held_out] = predict(data.task, model, take(data.train[held_out]))
             test += predict(data.task, model, take(data.test)) / len(folds)
             models.append(model)
@@ -111,7 +111,7 @@ def target_scale(data: TaskData) -> float:
 def fit_task_gate(data: TaskData, backbones: list[str], settings: dict) -> tuple[Gate, list[float]]:
     oof, _ = expert_predictions(data, backbones)
     features = gate_input(gate_lead_features(data.corpus, data.train, settings), oof / target_scale(data), settings["use_expert_outputs"])
-    return fit_gate(data.task, features, oof, data.target[data.train], settings, int(settings["seed"]), target_scale(data))
+    return fit_gate(data.task, features, oof, data.target[data.train], data.subjects[data.train], settings, target_scale(data))
 
 
 def save_gate(gate: Gate, directory: Path, backbones: list[str], settings: dict, meta: dict) -> None:

@@ -51,8 +51,9 @@ def combine(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     return torch.einsum("be,bek->bk", weights, experts)
 
 
-def fit_gate(task: Task, features: np.ndarray, experts: np.ndarray, target: np.ndarray, settings: dict, seed: int, scale: float) -> tuple[Gate, list[float]]:
+def fit_gate(task: Task, features: np.ndarray, experts: np.ndarray, target: np.ndarray, subjects: np.ndarray, settings: dict, scale: float) -> tuple[Gate, list[float]]:
     """Train the gate so that the weighted sum of the experts' out-of-fold predictions fits the target."""
+    seed = int(settings["seed"])
     seed_everything(seed)
     x = torch.from_numpy(features)
     gate = Gate(x.shape[1], experts.shape[1], int(settings["hidden"]))
@@ -62,11 +63,9 @@ def fit_gate(task: Task, features: np.ndarray, experts: np.ndarray, target: np.n
         gate,
         (x, torch.from_numpy(experts.astype(np.float32)), torch.from_numpy(target)),
         lambda g, xb, eb, yb: prediction_loss(task, combine(g(xb), eb), yb, scale),
-        epochs=int(settings["epochs"]),
-        lr=float(settings["lr"]),
-        batch_size=int(settings["batch_size"]),
-        seed=seed,
-        weight_decay=float(settings.get("weight_decay", 0.0)),
+        settings,
+        seed,
+        subjects,
     )
     return gate, history
 

@@ -59,8 +59,8 @@ def _lora_config(settings: dict) -> LoraConfig:
     )
 
 
-def fit_head(task: Task, embeddings: np.ndarray, target: np.ndarray, settings: dict, seed: int) -> tuple[PeftModel, list[float]]:
-    """A fresh head (seeded base) with a LoRA adapter, trained on these rows."""
+def fit_head(task: Task, embeddings: np.ndarray, target: np.ndarray, subjects: np.ndarray, settings: dict, seed: int) -> tuple[PeftModel, list[float]]:
+    """A fresh head (seeded base) with a LoRA adapter, trained on these rows (early-stopped on held-out subjects)."""
     seed_everything(seed)
     head = Head(embeddings.shape[1], task.out_dim, int(settings["hidden"]))
     x = torch.from_numpy(embeddings.astype(np.float32))
@@ -72,16 +72,7 @@ def fit_head(task: Task, embeddings: np.ndarray, target: np.ndarray, settings: d
         head.y_std.fill_(float(y.std().clamp_min(1e-6)))
         y = (y - head.y_mean[0]) / head.y_std[0]
     model = get_peft_model(head, _lora_config(settings))
-    history = fit(
-        model,
-        (x, y),
-        lambda m, xb, yb: head_loss(task, m(xb), yb),
-        epochs=int(settings["epochs"]),
-        lr=float(settings["lr"]),
-        batch_size=int(settings["batch_size"]),
-        seed=seed,
-        weight_decay=float(settings.get("weight_decay", 0.0)),
-    )
+    history = fit(model, (x, y), lambda m, xb, yb: head_loss(task, m(xb), yb), settings, seed, subjects)
     return model, history
 
 

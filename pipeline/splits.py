@@ -43,7 +43,7 @@ def make_split(subjects: np.ndarray, usable: np.ndarray, settings: dict, folds: 
         raise ManifestError(f"params.yaml: split.method is {method!r}; use 'subject' or 'fold'")
     shared = set(subjects[train]) & set(subjects[test])
     if shared:
-        raise ManifestError(f"subjects {sorted(shared)[:5]} have records in both the train and the test folds; folds must be subject-wise")
+        raise ManifestError(f"subjects {sorted(str(s) for s in shared)[:5]} have records in both the train and the test folds; folds must be subject-wise")
     k = int(settings.get("k", 3))
     if len(set(subjects[train])) < k or len(test) == 0:
         raise ManifestError(f"too few subjects to split: {len(set(subjects[train]))} training subjects for k={k}, {len(test)} test records")

@@ -15,15 +15,6 @@ from tests.conftest import DATA, FIXTURES, need_shared
 SMALL_PRETRAIN = {"epochs": 8, "max_shift": 10, "batch_size": 32, "eval_windows": 128, "device": "cpu"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small tensors gain nothing from threads, and on a busy shared CPU every op then waits for a second thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def native_checkpoint(path, drop=None, reshape=None):
     """EnECG's container, written by hand: a bare OrderedDict of its 4 keys saved by torch.save."""
     generator = torch.Generator().manual_seed(0)

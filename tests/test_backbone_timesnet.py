@@ -11,7 +11,7 @@ from pipeline.backbones import build_backbone, get_config, get_pretrainer
 from pipeline.backbones.timesnet import TimesNet
 from pipeline.errors import CheckpointError
 from tests.conftest import FIXTURES, need_shared
-from tests.test_backbone_dlinear import one_torch_thread, sine_records  # noqa: F401 (an autouse fixture)
+from tests.test_backbone_dlinear import sine_records
 
 
 @pytest.fixture(scope="module")

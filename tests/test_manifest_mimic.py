@@ -212,7 +212,8 @@ def rewrite_cell(path: Path, row: int, column: str, value: str | None) -> None:
 
 
 @pytest.mark.parametrize("file, row, column, value, message", [
-    ("machine_measurements.csv", 3, "rr_interval", "12OO", "row 3 (line 4), column 'rr_interval': '12OO' is not a number"),
+    ("machine_measurements.csv", 3, "rr_interval", "12OO",
+     "row 3 (line 4), column 'rr_interval': '12OO' is not a number"),
     ("machine_measurements.csv", 2, "t_axis", None, "row 2 (line 3) has 32 fields, the header has 33"),
     ("record_list.csv", 4, "ecg_time", "2160-13-05 05:05:05", "row 4 (line 5), column 'ecg_time'"),
     ("record_list.csv", 2, "study_id", "40689238", "row 2 (line 3), column 'study_id': '40689238' appears twice"),

@@ -68,7 +68,8 @@ def test_label_table_counts(table):
     missing = {name: sum(r[name] is None for r in rows) for name in tasks}
     assert missing == {"age": 0, "sex": 0, "scp_all": 0, "superclass": 135, "subclass": 135, "form": 6067,
                        "rhythm": 416}
-    assert [len(tasks[n]["classes"]) for n in ("scp_all", "superclass", "subclass", "form", "rhythm")] == [71, 5, 23, 19, 12]
+    sizes = [len(tasks[n]["classes"]) for n in ("scp_all", "superclass", "subclass", "form", "rhythm")]
+    assert sizes == [71, 5, 23, 19, 12]
     assert sum(r["age"] == 90.0 for r in rows) == 150 and max(r["age"] for r in rows) == 90.0  # 300 -> 90
     folds = [r["fold"] for r in rows]
     assert (sum(f <= 8 for f in folds), folds.count(9), folds.count(10)) == (7758, 1090, 1126)
@@ -117,9 +118,12 @@ def test_generic_label_table(tmp_path):
     tasks = {"hr": "regression", "afib": "binary", "rhythm": "multiclass", "codes": "multilabel"}
     rows, specs = build_label_table_manifest(csv_path, tasks=tasks)
     assert rows == [
-        {"record_id": "a1", "subject_id": "7", "path": "rec/a1", "fold": 1, "hr": 61.5, "afib": 0, "rhythm": "SR", "codes": ["X", "Y"]},
-        {"record_id": "a2", "subject_id": "8", "path": "rec/a2", "fold": 2, "hr": None, "afib": 1, "rhythm": "AF", "codes": None},
-        {"record_id": "a3", "subject_id": "7", "path": "rec/a3", "fold": 1, "hr": 70.0, "afib": None, "rhythm": None, "codes": ["Y"]},
+        {"record_id": "a1", "subject_id": "7", "path": "rec/a1", "fold": 1,  # "7.0" is subject "7"
+         "hr": 61.5, "afib": 0, "rhythm": "SR", "codes": ["X", "Y"]},
+        {"record_id": "a2", "subject_id": "8", "path": "rec/a2", "fold": 2,
+         "hr": None, "afib": 1, "rhythm": "AF", "codes": None},
+        {"record_id": "a3", "subject_id": "7", "path": "rec/a3", "fold": 1,
+         "hr": 70.0, "afib": None, "rhythm": None, "codes": ["Y"]},
     ]
     assert specs["rhythm"] == {"type": "multiclass", "label": "rhythm", "classes": ["AF", "SR"]}
     assert specs["codes"] == {"type": "multilabel", "label": "codes", "classes": ["X", "Y"]}

@@ -23,7 +23,7 @@ corpus record). No normalisation, as in MiniRocket itself: features are computed
 are in millivolts too, and PPV against a zero-sum kernel already ignores baseline offset in the valid part.
 
 Precision: a PPV flips whenever rounding moves an output across its bias, so the arithmetic must stay IEEE.
-On the CPU it runs in float32 like aeon; on a GPU in float64, because cuDNN rounds float32 convolution inputs
+It runs in float32 like aeon, except on CUDA in float64, because cuDNN rounds float32 convolution inputs
 to TF32 (10-bit mantissa) by default. Autocast (bf16 in extract) is switched off inside `forward`.
 Different summation orders still flip an output that lies within rounding of its bias: against aeon that is
 at most one output of a few features in a million, i.e. a difference of 1/(outputs counted) there.
@@ -121,12 +121,12 @@ class MiniRocket(Backbone):
         self.register_buffer("biases", checkpoint["biases"].float())
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, C, samples] -> PPV features [N, embedding_dim] in [0, 1], in aeon's feature order.
+        """[N, C, samples] -> float64 PPV features [N, embedding_dim] in [0, 1], in aeon's feature order.
 
         The outputs a valid-only kernel must not count are set to -inf, so one comparison over all outputs
         serves both kinds of kernels; rows are padded with -inf to a multiple of 8 for `count_true`.
         """
-        x = x.to(torch.float32 if x.device.type == "cpu" else torch.float64)
+        x = x.to(torch.float64 if x.device.type == "cuda" else torch.float32)
         length = x.shape[-1]
         out, start = [], 0
         for j, (dilation, count) in enumerate(zip(self.dilations, self.features_per_dilation)):
@@ -140,7 +140,7 @@ class MiniRocket(Backbone):
             bias = self.biases[start : start + NUM_KERNELS * count].to(x).view(NUM_KERNELS, count)
             start += NUM_KERNELS * count
             positive = count_true(response[:, :, None, :] > bias[None, :, :, None])  # [N, 84, count]
-            counted = torch.full((NUM_KERNELS, 1), length, device=x.device)
+            counted = torch.full((NUM_KERNELS, 1), float(length), dtype=torch.float64, device=x.device)
             counted[valid_only] = length - 2 * pad
             out.append((positive / counted).flatten(1))
         return torch.cat(out, dim=1)
@@ -278,26 +278,24 @@ def fit(signals: np.ndarray, num_features: int = 9996, max_dilations_per_kernel:
 
 @register_pretrainer("minirocket")
 def pretrain(signals: np.ndarray, out: Path, settings: dict, seed: int) -> dict:
-    """Fit on at most `max_fit_records` (default 2048) seeded-random finite records, save atomically.
+    """Fit on at most `max_fit_records` (default 2048) seeded-random finite records; save atomically.
 
-    Records are cut into `spec.samples` windows first (a 10 s corpus record is exactly one window), so the
-    fit sees what `forward` sees. settings: num_features (default 9996), max_dilations_per_kernel (32).
+    The records are cut into `spec.samples` windows first (a 10 s corpus record is exactly one window), so
+    the fit sees what `forward` sees. settings: num_features (default 9996), max_dilations_per_kernel (32).
     """
-    segments = windows(torch.from_numpy(np.asarray(signals, dtype=np.float32)), CONFIG.spec.samples)
-    segments = segments.flatten(0, 1).numpy()
-    finite = np.isfinite(segments).all(axis=(1, 2))
-    if not finite.any():
-        raise EnECGError(f"MiniRocket pretrain: none of the {len(segments)} signal windows is finite")
-    segments = segments[finite]
+    signals = np.asarray(signals, dtype=np.float32)
+    finite = np.flatnonzero(np.isfinite(signals).all(axis=(1, 2)))
+    if len(finite) == 0:
+        raise EnECGError(f"MiniRocket pretrain: none of the {len(signals)} records given is finite")
     limit = int(settings.get("max_fit_records", 2048))
     rng = np.random.default_rng(seed)
-    if len(segments) > limit:
-        segments = segments[np.sort(rng.choice(len(segments), limit, replace=False))]
+    chosen = np.sort(rng.choice(finite, limit, replace=False)) if len(finite) > limit else finite
+    segments = windows(torch.from_numpy(signals[chosen]), CONFIG.spec.samples).flatten(0, 1)
     checkpoint = fit(
-        segments,
+        segments.numpy(),
         num_features=int(settings.get("num_features", CONFIG.embedding_dim)),
         max_dilations_per_kernel=int(settings.get("max_dilations_per_kernel", 32)),
-        seed=int(rng.integers(2**31)),
+        seed=seed,
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -305,8 +303,8 @@ def pretrain(signals: np.ndarray, out: Path, settings: dict, seed: int) -> dict:
     torch.save(checkpoint, partial)
     os.replace(partial, out)
     return {
-        "fit_windows": len(segments),
-        "non_finite_windows": int((~finite).sum()),
+        "fit_records": len(chosen),
+        "non_finite_records": len(signals) - len(finite),
         "num_features": int(checkpoint["biases"].numel()),
         "dilations": checkpoint["dilations"].tolist(),
     }
