@@ -30,12 +30,10 @@ from __future__ import annotations
 import ast
 import csv
 import gzip
-import json
 import os
 import re
-import uuid
 from contextlib import contextmanager
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +42,8 @@ import pandas as pd
 import yaml
 
 from pipeline.errors import EnECGError, ManifestError
+from pipeline.manifests import write_manifest as write_jsonl
+from pipeline.stores import atomic_path
 
 _FLOAT_INTEGER = re.compile(r"^([+-]?\d+)\.0*$")
 TASK_TYPES = ("regression", "binary", "multiclass", "multilabel")
@@ -255,24 +255,10 @@ def write_manifest(rows: Sequence[Mapping], tasks: Mapping[str, Mapping], out_pa
     for name, task in tasks.items():
         if task.get("type") not in TASK_TYPES:
             raise ManifestError(f"task {name!r}: type {task.get('type')!r} is not one of {TASK_TYPES}")
-    _write_atomic(tasks_path(out_path), [yaml.safe_dump({k: dict(v) for k, v in tasks.items()}, sort_keys=False)])
-    # allow_nan=False: a NaN that slipped through is a bug here, never a value a reader should see.
-    _write_atomic(out_path, (json.dumps(dict(row), allow_nan=False) + "\n" for row in rows))
+    with atomic_path(tasks_path(out_path)) as tmp:
+        tmp.write_text(yaml.safe_dump({k: dict(v) for k, v in tasks.items()}, sort_keys=False))
+    write_jsonl(rows, out_path)
     return out_path
-
-
-def _write_atomic(path: Path, chunks: Iterable[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # same folder: os.replace stays atomic
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.writelines(chunks)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def number_or_none(value: float) -> float | None:

@@ -14,6 +14,8 @@ from pipeline.params import load_params
 from pipeline.progress import console
 
 app = typer.Typer(help="EnECG: frozen ECG backbones once, cached; LoRA heads and a MoE gate on the cache.", no_args_is_help=True)
+manifest_app = typer.Typer(help="Build a manifest from a corpus as PhysioNet distributes it.", no_args_is_help=True)
+app.add_typer(manifest_app, name="manifest")
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="DVC params file")
 
 
@@ -140,6 +142,48 @@ def specs(out: Path = typer.Option(Path("specs"), help="folder to write one JSON
     from pipeline.specs import write_specs
 
     write_specs(out)
+
+
+def _report_manifest(rows: list, tasks: dict, out: Path) -> None:
+    from data_manifests.ptbxl import tasks_path, write_manifest
+
+    write_manifest(rows, tasks, out)
+    console.print(f"wrote {len(rows)} records to {out} and task definitions ({', '.join(tasks)}) to {tasks_path(out)}")
+
+
+@manifest_app.command("mimic-iv-ecg")
+@user_errors
+def manifest_mimic(
+    ecg_root: Path = typer.Argument(..., help="MIMIC-IV-ECG folder (record_list.csv, machine_measurements.csv, files/)"),
+    out: Path = typer.Option(Path("data/mimic-iv-ecg.jsonl"), help="manifest to write"),
+    patients: Optional[Path] = typer.Option(None, help="MIMIC-IV hosp/patients.csv(.gz): adds age and gender"),
+    labevents: Optional[Path] = typer.Option(None, help="MIMIC-IV hosp/labevents.csv(.gz): adds the potassium flag"),
+    window_hours: float = typer.Option(24.0, help="potassium result must lie within this many hours of the ECG"),
+    one_per_subject: bool = typer.Option(False, help="keep each subject's first ECG (EnECG's protocol)"),
+    max_subjects: Optional[int] = typer.Option(None, help="keep at most this many subjects (EnECG: 30000)"),
+):
+    """EnECG's tasks (rr_interval, age, gender, flag, report_label) from MIMIC-IV-ECG."""
+    from data_manifests.mimic_iv_ecg import build_mimic_iv_ecg_manifest
+
+    rows, tasks = build_mimic_iv_ecg_manifest(
+        ecg_root, patients_csv=patients, labevents_csv=labevents, potassium_window_hours=window_hours,
+        one_per_subject=one_per_subject, max_subjects=max_subjects,
+    )
+    _report_manifest(rows, tasks, out)
+
+
+@manifest_app.command("ptb-xl")
+@user_errors
+def manifest_ptbxl(
+    source: Path = typer.Argument(..., help="PTB-XL folder (ptbxl_database.csv, scp_statements.csv) or a label table .csv"),
+    out: Path = typer.Option(Path("data/ptb-xl.jsonl"), help="manifest to write"),
+    sampling_rate: int = typer.Option(500, help="500 -> records500 (filename_hr), 100 -> records100 (filename_lr)"),
+):
+    """Age, sex and the PTB-XL benchmark's statement sets, with strat_fold as the fold."""
+    from data_manifests.ptbxl import build_ptbxl_manifest
+
+    rows, tasks = build_ptbxl_manifest(source, sampling_rate=sampling_rate)
+    _report_manifest(rows, tasks, out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import ManifestError
+from pipeline.stores import atomic_path
 
 RESERVED = ("record_id", "subject_id", "path", "ecg_path", "fold")
 
@@ -135,10 +136,8 @@ def resolve_record(root: Path, record_path: str) -> Path:
 
 
 def write_manifest(rows: list[dict], out: Path) -> None:
-    """Write manifest rows as JSONL atomically (temp name, then rename)."""
-    from pipeline.stores import atomic_path
-
+    """Write manifest rows as JSONL atomically (temp name, then rename); a NaN is a bug, never a label."""
     with atomic_path(Path(out)) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
             for row in rows:
-                handle.write(json.dumps(row) + "\n")
+                handle.write(json.dumps(dict(row), allow_nan=False) + "\n")

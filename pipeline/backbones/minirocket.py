@@ -22,11 +22,16 @@ Input: 12 leads at 100 Hz, windows of 1,000 samples (10 s keeps the convolutions
 corpus record). No normalisation, as in MiniRocket itself: features are computed on millivolts, the biases
 are in millivolts too, and PPV against a zero-sum kernel already ignores baseline offset in the valid part.
 
-Precision: a PPV flips whenever rounding moves an output across its bias, so the arithmetic must stay IEEE.
-It runs in float32 like aeon, except on CUDA in float64, because cuDNN rounds float32 convolution inputs
-to TF32 (10-bit mantissa) by default. Autocast (bf16 in extract) is switched off inside `forward`.
-Different summation orders still flip an output that lies within rounding of its bias: against aeon that is
-at most one output of a few features in a million, i.e. a difference of 1/(outputs counted) there.
+Exact arithmetic: a PPV changes when an output moves across its bias, and outputs exactly equal to a bias
+are common on real ECGs (WFDB samples are ADC counts / gain, so outputs repeat the same few values). Every
+output is a sum of at most 81 float32 samples times -1 or 2, which float64 holds exactly (unless the
+samples' magnitudes span more than ~2^20), so the transform runs in float64 and as a matrix product (not
+cuDNN, which may pick FFT/Winograd; float64 is never TF32-rounded or autocast). It is then exact, ties
+included (an output equal to its bias is not counted), whatever the device or summation order, and our own
+fit keeps its biases in float64 so that they stay exact too. aeon computes in float32, so where an output
+lies within float32 rounding of its bias, aeon's count can differ from the exact one: on PTB-XL with aeon's
+own parameters that touches a few percent of features by a few outputs (benchmarks/minirocket_vs_aeon.md);
+on data that float32 holds exactly, the features are equal.
 """
 
 from __future__ import annotations
@@ -69,20 +74,21 @@ CONFIG = BackboneConfig(
 
 
 def kernel_weights(channel_mask: torch.Tensor) -> torch.Tensor:
-    """conv1d weights [84, C, 9] for one dilation: each kernel on its own channels, zero elsewhere.
+    """Weights [84, C * 9] (float64, laid out like `taps`) of one dilation's kernels on their own channels.
 
-    Summing a kernel's convolutions over its channel subset is the same as one convolution whose weight is
-    zero on the other channels, so one conv1d computes all 84 multivariate kernels of a dilation at once.
+    Summing a kernel's convolutions over its channel subset is one convolution whose weight is zero on the
+    other channels, so one matrix product computes all 84 multivariate kernels of a dilation at once.
     """
-    kernels = torch.full((NUM_KERNELS, KERNEL_LENGTH), -1.0)
+    kernels = torch.full((NUM_KERNELS, KERNEL_LENGTH), -1.0, dtype=torch.float64)
     kernels.scatter_(1, KERNEL_TAPS, 2.0)
-    return kernels[:, None, :] * channel_mask.float()[:, :, None]
+    return (kernels[:, None, :] * channel_mask[:, :, None]).flatten(1)
 
 
-def convolve(x: torch.Tensor, weight: torch.Tensor, dilation: int, groups: int = 1) -> torch.Tensor:
-    """[N, groups * C, T] -> [N, 84, T] kernel outputs, zero-padded to the input length, in x's dtype."""
+def taps(x: torch.Tensor, dilation: int) -> torch.Tensor:
+    """[N, C, T] -> [N, C * 9, T]: the input under each tap of a dilated kernel, zero-padded to length T,
+    so that kernel outputs are one matrix product with the [84, C * 9] weights."""
     padding = (KERNEL_LENGTH - 1) * dilation // 2
-    return F.conv1d(x, weight.to(x), padding=padding, dilation=dilation, groups=groups)
+    return F.pad(x, (padding, padding)).unfold(-1, x.shape[-1], dilation).flatten(1, 2)
 
 
 def valid_only_kernels(dilation_index: int) -> slice:
@@ -118,7 +124,7 @@ class MiniRocket(Backbone):
         self.embedding_dim = NUM_KERNELS * sum(self.features_per_dilation)
         mask = checkpoint["channel_mask"].bool()
         self.register_buffer("weight", torch.stack([kernel_weights(m) for m in mask]))
-        self.register_buffer("biases", checkpoint["biases"].float())
+        self.register_buffer("biases", checkpoint["biases"].double())
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C, samples] -> float64 PPV features [N, embedding_dim] in [0, 1], in aeon's feature order.
@@ -126,33 +132,37 @@ class MiniRocket(Backbone):
         The outputs a valid-only kernel must not count are set to -inf, so one comparison over all outputs
         serves both kinds of kernels; rows are padded with -inf to a multiple of 8 for `count_true`.
         """
-        x = x.to(torch.float64 if x.device.type == "cuda" else torch.float32)
+        x = x.double()
         length = x.shape[-1]
         out, start = [], 0
         for j, (dilation, count) in enumerate(zip(self.dilations, self.features_per_dilation)):
-            response = convolve(x, self.weight[j], dilation)  # [N, 84, T]
+            response = self.weight[j] @ taps(x, dilation)  # [N, 84, T]
             pad = (KERNEL_LENGTH - 1) * dilation // 2
             valid_only = valid_only_kernels(j)
             response[:, valid_only, :pad] = -torch.inf
             response[:, valid_only, length - pad :] = -torch.inf
             if length % 8:
                 response = F.pad(response, (0, -length % 8), value=-torch.inf)
-            bias = self.biases[start : start + NUM_KERNELS * count].to(x).view(NUM_KERNELS, count)
+            bias = self.biases[start : start + NUM_KERNELS * count].view(NUM_KERNELS, count)
             start += NUM_KERNELS * count
             positive = count_true(response[:, :, None, :] > bias[None, :, :, None])  # [N, 84, count]
-            counted = torch.full((NUM_KERNELS, 1), float(length), dtype=torch.float64, device=x.device)
+            counted = torch.full((NUM_KERNELS, 1), float(length), dtype=x.dtype, device=x.device)
             counted[valid_only] = length - 2 * pad
             out.append((positive / counted).flatten(1))
         return torch.cat(out, dim=1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """[B, C, T] -> {"embedding": [B, embedding_dim]}: windows of `samples` (a short record zero-padded
-        at the end, a trailing partial window dropped), each transformed, their features averaged."""
-        with torch.autocast(x.device.type, enabled=False):
-            segments = windows(x, self.samples)
-            batch, count = segments.shape[:2]
-            features = self.features(segments.flatten(0, 1)).view(batch, count, -1).mean(1)
-        return {"embedding": features.float()}
+        at the end, a trailing partial window dropped), each transformed, their features averaged.
+
+        Windows go through `features` a few at a time: on a CPU 8 keep each dilation's tensors in cache
+        (1.5x faster than 32), on a GPU 256 bound the comparison flags to ~0.5 GB.
+        """
+        segments = windows(x, self.samples)
+        batch, count = segments.shape[:2]
+        chunk = 8 if x.device.type == "cpu" else 256
+        features = torch.cat([self.features(part) for part in segments.flatten(0, 1).split(chunk)])
+        return {"embedding": features.view(batch, count, -1).mean(1).float()}
 
 
 def check_checkpoint(checkpoint: object, source: Path | str) -> dict:
@@ -234,21 +244,22 @@ def fit_biases(
     """Biases [84 * sum(counts)]: for (dilation j, kernel k), quantiles of the kernel's full-length output on
     training example examples[j, k], linearly interpolated like `np.quantile`.
 
-    The 84 pairs of one dilation each see their own example, so they run as one grouped convolution.
+    The 84 pairs of one dilation each see their own example: a batch of 84 one-kernel products, exact in
+    float64 like `MiniRocket.features`, so a quantile between two equal outputs is exactly that output.
     """
     levels = quantiles(NUM_KERNELS * sum(counts))
     biases, start = [], 0
     for j, (dilation, count) in enumerate(zip(dilations, counts)):
-        chosen = signals[examples[j]].float()  # [84, C, T]
-        response = convolve(chosen.flatten(0, 1)[None], kernel_weights(mask[j]), dilation, groups=NUM_KERNELS)[0]
-        ordered = response.sort(dim=-1).values.double()  # [84, T]
+        chosen = signals[examples[j]].double()  # [84, C, T]
+        response = kernel_weights(mask[j])[:, None, :] @ taps(chosen, dilation)  # [84, 1, T]
+        ordered = response[:, 0].sort(dim=-1).values
         position = levels[start : start + NUM_KERNELS * count].view(NUM_KERNELS, count) * (ordered.shape[-1] - 1)
         below = position.floor().long()
         above = (below + 1).clamp(max=ordered.shape[-1] - 1)
         low, high = ordered.gather(1, below), ordered.gather(1, above)
         biases.append((low + (high - low) * (position - below)).flatten())
         start += NUM_KERNELS * count
-    return torch.cat(biases).float()
+    return torch.cat(biases)
 
 
 def fit(signals: np.ndarray, num_features: int = 9996, max_dilations_per_kernel: int = 32, seed: int = 0) -> dict:
