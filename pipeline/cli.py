@@ -121,6 +121,20 @@ def fit_ensemble(task: str = typer.Option(..., "--task", "-t"), params: Path = P
 
 @app.command()
 @user_errors
+def predict(
+    records: list[Path] = typer.Argument(..., help="WFDB record paths (without extension)"),
+    task: Optional[list[str]] = typer.Option(None, "--task", "-t", help="default: every task in params"),
+    params: Path = PARAMS,
+):
+    """Run the trained chain (backbones, heads, gate) on new WFDB records."""
+    from stages import predict as stage
+
+    loaded = load_params(params)
+    stage.run(loaded, records, task or list(loaded["tasks"]))
+
+
+@app.command()
+@user_errors
 def backbones(checkpoints: Path = typer.Option(Path("checkpoints"), help="folder of checkpoints/<name>/")):
     """List every backbone: input spec, embedding size, checkpoint status and where it comes from."""
     from pipeline.backbones import checkpoint_sha256, list_backbones

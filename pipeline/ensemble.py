@@ -108,17 +108,20 @@ def target_scale(data: TaskData) -> float:
     return float(np.std(data.target[data.train])) or 1.0
 
 
-def fit_task_gate(data: TaskData, backbones: list[str], settings: dict) -> tuple[Gate, list[float]]:
+def fit_task_gate(data: TaskData, backbones: list[str], settings: dict) -> tuple[Gate, list[float], float]:
+    """The gate and its training losses, and the target scale its expert inputs were divided by."""
     oof, _ = expert_predictions(data, backbones)
-    features = gate_input(gate_lead_features(data.corpus, data.train, settings), oof / target_scale(data), settings["use_expert_outputs"])
-    return fit_gate(data.task, features, oof, data.target[data.train], data.subjects[data.train], settings, target_scale(data))
+    scale = target_scale(data)
+    features = gate_input(gate_lead_features(data.corpus, data.train, settings), oof / scale, settings["use_expert_outputs"])
+    gate, history = fit_gate(data.task, features, oof, data.target[data.train], data.subjects[data.train], settings, scale)
+    return gate, history, scale
 
 
-def save_gate(gate: Gate, directory: Path, backbones: list[str], settings: dict, meta: dict) -> None:
+def save_gate(gate: Gate, directory: Path, backbones: list[str], settings: dict, scale: float, meta: dict) -> None:
     with atomic_path(directory) as tmp:
         tmp.mkdir(parents=True)
         save_file({k: v.contiguous() for k, v in gate.state_dict().items()}, str(tmp / "gate.safetensors"))
-        config = {"experts": backbones, "in_dim": gate.net[0].in_features, "hidden": gate.net[0].out_features, "settings": settings}
+        config = {"experts": backbones, "in_dim": gate.net[0].in_features, "hidden": gate.net[0].out_features, "settings": settings, "target_scale": scale}
         (tmp / "gate.json").write_text(json.dumps({**config, **meta}, indent=2, default=str))
 
 
@@ -132,14 +135,19 @@ def load_gate(directory: Path) -> tuple[Gate, dict]:
     return gate.eval(), config
 
 
+def moe_predict(gate: Gate, config: dict, leads: np.ndarray, experts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gate weights [B, E] and the ensemble prediction [B, K] from lead features and expert predictions [B, E, K]."""
+    features = gate_input(leads, experts / config["target_scale"], config["settings"]["use_expert_outputs"])
+    weights = gate_weights(gate, features)
+    return weights, combine(torch.from_numpy(weights), torch.from_numpy(experts)).numpy()
+
+
 def evaluate_task(data: TaskData, settings: dict) -> dict:
     """Every expert alone, their plain mean, and the MoE ensemble on the test rows, with bootstrap CIs."""
     gate, config = load_gate(gate_dir(data.task.name))
     backbones, gate_settings = config["experts"], config["settings"]
     _, test = expert_predictions(data, backbones)
-    features = gate_input(gate_lead_features(data.corpus, data.test, gate_settings), test / target_scale(data), gate_settings["use_expert_outputs"])
-    weights = gate_weights(gate, features)
-    moe = combine(torch.from_numpy(weights), torch.from_numpy(test)).numpy()
+    weights, moe = moe_predict(gate, config, gate_lead_features(data.corpus, data.test, gate_settings), test)
     truth = data.target[data.test]
     candidates = {**{f"expert:{name}": test[:, e] for e, name in enumerate(backbones)}, "mean": test.mean(axis=1), "moe": moe}
     boot = dict(resamples=int(settings["bootstrap"]), confidence=float(settings["confidence"]), seed=int(settings["seed"]))

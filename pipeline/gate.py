@@ -33,6 +33,10 @@ class Gate(nn.Module):
         self.register_buffer("in_mean", torch.zeros(in_dim))
         self.register_buffer("in_std", torch.ones(in_dim))
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, n_experts))
+        # Start as the plain mean (uniform weights): early stopping then moves away from it only as far as
+        # held-out subjects confirm.
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Softmax weights [B, n_experts]."""

@@ -17,11 +17,12 @@ def show_table(title: str, columns: list[str], rows: list[list]) -> None:
 
 
 def show_metrics(report: dict) -> None:
-    """One row per model (each expert, the mean, the MoE), one column per metric as value [low, high]."""
+    """One row per metric, one column per model (each expert, the plain mean, the MoE): value and 95% interval."""
     models = report["models"]
-    names = list(next(iter(models.values())))
+    metrics = list(next(iter(models.values())))
     rows = [
-        [model, *[f"{m[name]['value']:.4g} [{m[name]['low']:.3g}, {m[name]['high']:.3g}]" for name in names]]
-        for model, m in models.items()
+        [metric, *[f"{m[metric]['value']:.4g}\n[{m[metric]['low']:.3g}, {m[metric]['high']:.3g}]" for m in models.values()]]
+        for metric in metrics
     ]
-    show_table(f"{report['task']} ({report['type']}): test n={report['n_test']}, 95% bootstrap CI", ["model", *names], rows)
+    columns = [name.removeprefix("expert:") for name in models]
+    show_table(f"{report['task']} ({report['type']}): test n={report['n_test']}, bootstrap 95% CI", ["metric", *columns], rows)

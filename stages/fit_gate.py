@@ -9,6 +9,6 @@ from pipeline.stores import provenance
 def run(params: dict, task: str) -> dict:
     data = load_task_data(params, task)
     backbones = list(params["backbones"])
-    gate, history = fit_task_gate(data, backbones, params["gate"])
-    save_gate(gate, gate_dir(task), backbones, params["gate"], {"train_losses": history, "provenance": provenance(gate=params["gate"], split=params["split"])})
+    gate, history, scale = fit_task_gate(data, backbones, params["gate"])
+    save_gate(gate, gate_dir(task), backbones, params["gate"], scale, {"train_losses": history, "provenance": provenance(gate=params["gate"], split=params["split"])})
     return {"task": task, "experts": backbones, "final_loss": history[-1]}

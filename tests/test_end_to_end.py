@@ -11,10 +11,12 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.dataset import load_task_data
-from pipeline.ensemble import gate_lead_features, expert_predictions, load_gate
+from pipeline.ensemble import expert_predictions, gate_lead_features, load_gate, moe_predict
 from pipeline.extract import extract_embeddings
-from pipeline.gate import gate_input, gate_weights
+from pipeline.manifests import read_manifest
 from pipeline.params import load_params
+from pipeline.predict import predict_records
+from pipeline.signals import QCSettings
 from pipeline.stores import open_complete
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,10 +31,10 @@ def enecg(*args):
 
 def small_params() -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["demo"].update(subjects=16, records_per_subject=4)
+    params["demo"].update(subjects=48, records_per_subject=2)
     params["prepare"]["chunk_records"] = 32
-    params["pretrain"]["minirocket"].update(max_records=64, max_fit_records=64)
-    params["pretrain"]["dlinear"].update(max_records=64, epochs=2)
+    params["pretrain"]["minirocket"].update(max_records=96, max_fit_records=96)
+    params["pretrain"]["dlinear"].update(max_records=96, epochs=2)
     params["extract"]["chunk_records"] = 16
     params["evaluate"]["bootstrap"] = 200
     return params
@@ -54,7 +56,7 @@ def project(tmp_path_factory):
 
 def test_prepare_keeps_every_simulated_record(project):
     corpus = open_complete(project / "corpus.zarr", "enecg prepare")
-    assert corpus["signals"].shape == (64, 12, 5000)
+    assert corpus["signals"].shape == (96, 12, 5000)
     assert corpus["qc_ok"][:].all() and corpus.attrs["summary"]["excluded"] == {}
 
 
@@ -68,7 +70,7 @@ def test_killed_extract_resumes_and_equals_an_uninterrupted_run(project, monkeyp
         extract_embeddings(model, Path("corpus.zarr"), Path(f"once-{model}.zarr"), chunk_records=16)
         once = open_complete(Path(f"once-{model}.zarr"), "extract")
         assert np.array_equal(resumed["embedding"][:], once["embedding"][:])
-        assert resumed["embedding"].shape[0] == 64 and np.isfinite(resumed["embedding"][:]).all()
+        assert resumed["embedding"].shape[0] == 96 and np.isfinite(resumed["embedding"][:]).all()
         assert resumed.attrs["checkpoint_sha256"] == once.attrs["checkpoint_sha256"]
 
 
@@ -80,15 +82,26 @@ def test_ensemble_beats_the_training_mean_on_rr_interval(project, monkeypatch):
     data = load_task_data(params, "rr_interval")
     baseline = np.mean(np.abs(data.target[data.test] - data.target[data.train].mean()))
     # The RR interval is what the simulator sets: the ensemble must clearly beat predicting the mean.
-    assert report["models"]["moe"]["mae"]["value"] < 0.8 * baseline
+    assert report["models"]["moe"]["mae"]["value"] < 0.85 * baseline
     assert set(report["models"]) == {"expert:minirocket", "expert:dlinear", "mean", "moe"}
 
     gate, config = load_gate(project / "gates" / "rr_interval")
     _, test = expert_predictions(data, config["experts"])
-    features = gate_input(gate_lead_features(data.corpus, data.test, config["settings"]), test / np.std(data.target[data.train]), True)
-    weights = gate_weights(gate, features)
+    weights, moe = moe_predict(gate, config, gate_lead_features(data.corpus, data.test, config["settings"]), test)
+    assert np.allclose(moe[:, 0], (weights * test[:, :, 0]).sum(axis=1), atol=1e-4)
     assert weights.shape == (len(data.test), 2) and (weights >= 0).all()
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-6)
+
+    # `enecg predict` on raw records reproduces the ensemble that evaluation computed from the cache.
+    records = read_manifest(Path(params["data"]["manifest"]))
+    chosen = data.test[:3]
+    paths = [Path(params["data"]["root"]) / records[row].path for row in chosen] + [project / "absent_record"]
+    output = enecg("predict", "--task", "rr_interval", *map(str, paths))
+    assert "absent_record" in output and "does not exist" in output
+    settings = QCSettings()
+    predictions = {p.record: p.value for p in predict_records(paths, [data.task], settings) if p.value is not None}
+    for position, path in enumerate(paths[:3]):
+        assert abs(predictions[str(path)][0] - moe[position, 0]) < 1e-3 * abs(moe[position, 0])
 
 
 def test_binary_task_and_deterministic_heads(project, monkeypatch):

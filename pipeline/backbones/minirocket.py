@@ -22,6 +22,10 @@ Input: 12 leads at 100 Hz, windows of 1,000 samples (10 s keeps the convolutions
 corpus record). No normalisation, as in MiniRocket itself: features are computed on millivolts, the biases
 are in millivolts too, and PPV against a zero-sum kernel already ignores baseline offset in the valid part.
 
+Checkpoint (`checkpoint.pth`): torch.save of a plain dict, loaded with weights_only=True: dilations [D] and
+num_features_per_dilation [D] int64, channel_mask [D, 84, 12] bool, biases [84 * sum(num_features_per_dilation)]
+float64 (aeon's float32 biases load too), samples (int, the window the fit saw).
+
 Exact arithmetic: a PPV changes when an output moves across its bias, and outputs exactly equal to a bias
 are common on real ECGs (WFDB samples are ADC counts / gain, so outputs repeat the same few values). Every
 output is a sum of at most 81 float32 samples times -1 or 2, which float64 holds exactly (unless the
@@ -30,8 +34,9 @@ cuDNN, which may pick FFT/Winograd; float64 is never TF32-rounded or autocast). 
 included (an output equal to its bias is not counted), whatever the device or summation order, and our own
 fit keeps its biases in float64 so that they stay exact too. aeon computes in float32, so where an output
 lies within float32 rounding of its bias, aeon's count can differ from the exact one: on PTB-XL with aeon's
-own parameters that touches a few percent of features by a few outputs (benchmarks/minirocket_vs_aeon.md);
-on data that float32 holds exactly, the features are equal.
+own parameters, 4.6% of features differ, by one output in the median, and all of them lie between our
+exact features with the biases moved by +-1e-6 mV (benchmarks/minirocket_vs_aeon.md). On data that float32
+holds exactly, the features are equal. Runs on CPU and CUDA (MPS has no float64).
 """
 
 from __future__ import annotations
@@ -56,9 +61,11 @@ from pipeline.backbones import (
 from pipeline.errors import CheckpointError, EnECGError
 
 KERNEL_LENGTH = 9
-# taps that carry weight 2 (the other six carry -1), one row per kernel: the 84 kernels
-KERNEL_TAPS = torch.tensor(list(combinations(range(KERNEL_LENGTH), 3)))
-NUM_KERNELS = len(KERNEL_TAPS)
+# the 84 kernels [84, 9]: weight -1, and 2 at each choice of three taps
+KERNELS = torch.full((84, KERNEL_LENGTH), -1.0, dtype=torch.float64).scatter_(
+    1, torch.tensor(list(combinations(range(KERNEL_LENGTH), 3))), 2.0
+)
+NUM_KERNELS = len(KERNELS)
 MAX_CHANNELS_PER_KERNEL = 9
 CHECKPOINT_KEYS = ("biases", "channel_mask", "dilations", "num_features_per_dilation", "samples")
 PRETRAIN_HINT = "re-create it with `enecg pretrain --model minirocket`"
@@ -79,9 +86,7 @@ def kernel_weights(channel_mask: torch.Tensor) -> torch.Tensor:
     Summing a kernel's convolutions over its channel subset is one convolution whose weight is zero on the
     other channels, so one matrix product computes all 84 multivariate kernels of a dilation at once.
     """
-    kernels = torch.full((NUM_KERNELS, KERNEL_LENGTH), -1.0, dtype=torch.float64)
-    kernels.scatter_(1, KERNEL_TAPS, 2.0)
-    return (kernels[:, None, :] * channel_mask[:, :, None]).flatten(1)
+    return (KERNELS[:, None, :] * channel_mask[:, :, None]).flatten(1)
 
 
 def taps(x: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -100,9 +105,9 @@ def valid_only_kernels(dilation_index: int) -> slice:
 def count_true(flags: torch.Tensor) -> torch.Tensor:
     """Number of True along the last dim (a multiple of 8 long), 8 flags per int64 word.
 
-    torch sums a bool tensor by casting every flag to int64, which makes it the slowest step of the
-    transform on a CPU; summing the flags as bytes packed in words is 3-5x faster. Up to 127 words are added
-    at a time, so no byte lane exceeds 127 and nothing carries into the next lane or overflows the sign.
+    torch sums a bool tensor by casting every flag to int64, which made it the slowest step of the
+    transform on a CPU; summing the flags as bytes packed in words is several times faster. Up to 127 words
+    are added at a time, so no byte lane exceeds 127 and nothing carries into the next lane or the sign.
     """
     total = 0
     for words in flags.view(torch.int64).split(127, dim=-1):
@@ -244,15 +249,16 @@ def fit_biases(
     """Biases [84 * sum(counts)]: for (dilation j, kernel k), quantiles of the kernel's full-length output on
     training example examples[j, k], linearly interpolated like `np.quantile`.
 
-    The 84 pairs of one dilation each see their own example: a batch of 84 one-kernel products, exact in
-    float64 like `MiniRocket.features`, so a quantile between two equal outputs is exactly that output.
+    The 84 pairs of one dilation each see their own example, so each sums its channels first and then
+    convolves that one row. Exact in float64 like `MiniRocket.features`, so a quantile between two equal
+    outputs is exactly that output.
     """
     levels = quantiles(NUM_KERNELS * sum(counts))
     biases, start = [], 0
     for j, (dilation, count) in enumerate(zip(dilations, counts)):
         chosen = signals[examples[j]].double()  # [84, C, T]
-        response = kernel_weights(mask[j])[:, None, :] @ taps(chosen, dilation)  # [84, 1, T]
-        ordered = response[:, 0].sort(dim=-1).values
+        summed = mask[j].double()[:, None, :] @ chosen  # [84, 1, T]
+        ordered = (KERNELS[:, None, :] @ taps(summed, dilation))[:, 0].sort(dim=-1).values  # [84, T]
         position = levels[start : start + NUM_KERNELS * count].view(NUM_KERNELS, count) * (ordered.shape[-1] - 1)
         below = position.floor().long()
         above = (below + 1).clamp(max=ordered.shape[-1] - 1)
@@ -268,6 +274,8 @@ def fit(signals: np.ndarray, num_features: int = 9996, max_dilations_per_kernel:
     Deterministic for a given seed. Channel subsets: 2**U(0, log2(min(C, 9) + 1)) channels, rounded down,
     drawn without replacement; each (dilation, kernel) pair fits its biases on one uniformly drawn example.
     """
+    if num_features < NUM_KERNELS:
+        raise EnECGError(f"MiniRocket num_features must be at least {NUM_KERNELS} (one per kernel), got {num_features}")
     rng = np.random.default_rng(seed)
     records, channels, samples = signals.shape
     dilations, counts = fit_dilations(samples, num_features, max_dilations_per_kernel)
