@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--task", default="rr_interval")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads for both ways")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/stage_two_speedup.md"))
     args = parser.parse_args()
     params = load_params()
@@ -100,7 +101,7 @@ def main() -> None:
     same = {"epochs": args.epochs, "batch_size": args.batch_size, "val_fraction": 0.0}
     heads, gate = {**params["heads"], **same}, {**params["gate"], **same}
     data = load_task_data(params, args.task)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     cached = cached_way(data, backbones, heads, gate)
     published = enecg_way(data, backbones, heads, gate)
     extraction = {name: open_embeddings(embeddings_path(name), name).attrs for name in backbones}

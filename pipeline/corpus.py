@@ -3,6 +3,11 @@
 corpus.zarr holds `signals` [N, 12, L] float32 mV (LEADS_12 order), `record_id`, `subject_id`, `qc_ok` and
 `qc_reason` for every manifest record in manifest order. An excluded record keeps its row (zeros, qc_ok
 False, the reason), so row i is always manifest line i's record and later stages index by row.
+
+Everything that can be checked without reading a signal is checked first: the manifest's lines, every
+record path (inside the data root), and the labels of the tasks in params (their types), so that a bad
+manifest fails in seconds, not after hours of reading. `strict` stops at the first chunk that excludes a
+record; the chunks written so far are kept, so a rerun without it resumes.
 """
 
 from __future__ import annotations
@@ -11,17 +16,19 @@ import re
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+from typing import Sequence
 
 import dask
 import numpy as np
 import zarr
 
 from pipeline.backbones import LEADS_12
-from pipeline.errors import RecordError, StoreError
+from pipeline.errors import ManifestError, RecordError, StoreError
 from pipeline.manifests import ManifestRecord, read_manifest, resolve_record
 from pipeline.progress import progress_bar
 from pipeline.signals import QCSettings, load_canonical
 from pipeline.stores import ChunkedStore, create_records_array, file_sha256, open_complete, provenance, strings
+from pipeline.tasks import Task, targets
 
 CORPUS_HINT = "enecg prepare"
 
@@ -34,8 +41,35 @@ def _load(path: Path, settings: QCSettings) -> tuple[np.ndarray | None, str]:
 
 
 def reason_kind(reason: str) -> str:
-    """Group reasons for the summary table: numbers become '#', lead lists are kept."""
-    return re.sub(r"\d+(\.\d+)?", "#", reason)
+    """Group reasons for the summary table, so that one row counts e.g. every truncated file: details in
+    parentheses are dropped, file names become FILE, quoted values other than lead names '...', numbers '#';
+    lead lists are kept."""
+    kind, previous = reason, None
+    while kind != previous:  # nested parentheses, innermost first
+        previous, kind = kind, re.sub(r" ?\([^()]*\)", "", kind)
+    kind = re.sub(r"\S*/\S*|\S+\.(hea|dat)\b", "FILE", kind)
+    kind = re.sub(r"(?<!\w)'([^']*)'", lambda match: match.group(0) if match.group(1) in LEADS_12 else "'...'", kind)
+    return re.sub(r"\b\d+(\.\d+)?\b", "#", kind)
+
+
+def record_paths(manifest: Path, root: Path, records: list[ManifestRecord]) -> list[Path]:
+    """Every record's path on disk; one outside the data root is an error naming the manifest line."""
+    paths = []
+    for record in records:
+        try:
+            paths.append(resolve_record(root, record.path))
+        except ManifestError as error:
+            raise ManifestError(f"{manifest}:{record.line}: field 'path': {error}") from None
+    return paths
+
+
+def check_labels(manifest: Path, records: list[ManifestRecord], tasks: Sequence[Task]) -> None:
+    """Each task's label values have the type its task needs (the error names file, line and field)."""
+    for task in tasks:
+        try:
+            targets(task, records)
+        except ManifestError as error:
+            raise ManifestError(f"{manifest}: {error}") from None
 
 
 def prepare_corpus(
@@ -47,10 +81,15 @@ def prepare_corpus(
     workers: int = 2,
     scheduler: str = "threads",
     strict: bool = False,
+    tasks: Sequence[Task] = (),
 ) -> dict:
-    """Build corpus.zarr (resumable, atomic); returns the summary with excluded counts by reason."""
+    """Build corpus.zarr (resumable, atomic); returns the summary with excluded counts by reason.
+
+    `tasks` are the params' tasks, whose labels are checked before any record is read.
+    """
     records: list[ManifestRecord] = read_manifest(manifest)
-    paths = [resolve_record(root, record.path) for record in records]
+    paths = record_paths(manifest, root, records)
+    check_labels(manifest, records, tasks)
     count = len(records)
     store = ChunkedStore(
         out,
@@ -86,16 +125,17 @@ def prepare_corpus(
             group["qc_reason"][rows] = np.array([reason for _, reason in loaded])
             store.mark_done(index)
             advance(len(loaded))
+            if strict:
+                _fail_on_exclusions(group, paths, rows)
 
     reasons = strings(group["qc_reason"])
     ok = group["qc_ok"][:]
+    if strict:  # chunks resumed from an earlier run without --strict
+        _fail_on_exclusions(group, paths, slice(0, count))
     excluded = Counter(reason_kind(reason) for reason, keep in zip(reasons, ok) if not keep)
-    if strict and excluded:
-        first = next(i for i in range(count) if not ok[i])
-        raise RecordError(
-            f"--strict: {sum(excluded.values())} of {count} records excluded, e.g. {paths[first]}: {reasons[first]}"
-        )
-    summary = {"records": count, "kept": int(ok.sum()), "excluded": dict(excluded), "resumed_chunks": store.resumed_chunks}
+    # The store holds only what the inputs determine, so a resumed run's store is byte-identical to an
+    # uninterrupted one; how the run went (resumed chunks) is returned, not stored.
+    summary = {"records": count, "kept": int(ok.sum()), "excluded": dict(excluded)}
     store.finish(
         {
             "leads": list(LEADS_12),
@@ -106,7 +146,19 @@ def prepare_corpus(
             "provenance": provenance(manifest=str(manifest), **store.fingerprint),
         }
     )
-    return summary
+    return {**summary, "resumed_chunks": store.resumed_chunks}
+
+
+def _fail_on_exclusions(group: zarr.Group, paths: list[Path], rows: slice) -> None:
+    """--strict: any excluded record in `rows` is an error listing the first few with their reasons."""
+    bad = rows.start + np.flatnonzero(~group["qc_ok"][rows])
+    if len(bad):
+        reasons = group["qc_reason"][rows]
+        listed = "; ".join(f"{paths[i]}: {reasons[i - rows.start]}" for i in bad[:5])
+        raise RecordError(
+            f"--strict: {len(bad)} record(s) excluded ({listed}{' ...' if len(bad) > 5 else ''}); fix or remove "
+            "them, or run without --strict to quarantine them (the chunks read so far are kept)"
+        )
 
 
 def open_corpus(path: Path) -> zarr.Group:

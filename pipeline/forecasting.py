@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.backbones import InputSpec, load_state_dict_strict, load_torch_file, windows
+from pipeline.backbones import Backbone, InputSpec, load_state_dict_strict, load_torch_file, windows
 from pipeline.errors import CheckpointError, ManifestError
 from pipeline.progress import progress_bar
 
@@ -191,3 +191,14 @@ def pretrain(
         "persistence_loss": persistence_loss,
         "epoch_losses": epoch_losses,
     }
+
+
+class ForecasterBackbone(Backbone):
+    """A frozen EnECG forecaster as a backbone: the record z-score of `zscore_record`, then the subclass's forward."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def preprocess(self, signals: np.ndarray) -> np.ndarray:
+        return zscore_record(signals)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -33,6 +34,18 @@ class ManifestRecord:
     labels: dict = field(default_factory=dict)
 
 
+def _text(value: str, where: str, name: str) -> str:
+    """Ids and paths are stored in Zarr and used as file names: valid UTF-8 (a JSON escape such as \\ud800
+    gives a lone surrogate, which cannot be stored) without control characters (NUL breaks file calls)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ManifestError(f"{where}: field {name!r} is not valid Unicode: {value!r}") from None
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ManifestError(f"{where}: field {name!r} holds a control character: {value!r}")
+    return value
+
+
 def _identifier(value, where: str, name: str) -> str:
     """Ids may be strings or whole numbers (EnECG writes subject_id as an int); 15709.0 becomes '15709'."""
     if isinstance(value, bool) or value is None:
@@ -42,7 +55,7 @@ def _identifier(value, where: str, name: str) -> str:
             raise ManifestError(f"{where}: field {name!r} must be a string or an integer, got {value!r}")
         value = int(value)
     if isinstance(value, (int, str)) and str(value).strip():
-        return str(value).strip()
+        return _text(str(value).strip(), where, name)
     raise ManifestError(f"{where}: field {name!r} must be a non-empty string or an integer, got {value!r}")
 
 
@@ -70,11 +83,13 @@ def _record_path(entry: dict, where: str) -> str:
         raise ManifestError(f"{where}: missing required field 'path' (or EnECG's 'ecg_path')")
     if not isinstance(raw, str) or not raw.strip():
         raise ManifestError(f"{where}: field 'path' must be a non-empty string, got {raw!r}")
-    path = PurePosixPath(raw.strip().replace("\\", "/"))
+    path = PurePosixPath(_text(raw.strip(), where, "path").replace("\\", "/"))
     if path.suffix in (".hea", ".dat"):
         path = path.with_suffix("")
     if ".." in path.parts:
         raise ManifestError(f"{where}: path {raw!r} leaves the data root ('..' is not allowed)")
+    if not path.name:
+        raise ManifestError(f"{where}: path {raw!r} names a folder, not a WFDB record")
     return str(path)
 
 
@@ -87,6 +102,8 @@ def parse_line(text: str, source: Path | str, line: int) -> ManifestRecord | Non
         entry = json.loads(text)
     except json.JSONDecodeError as error:
         raise ManifestError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
+    except (ValueError, RecursionError) as error:  # an integer too long to convert, nesting too deep
+        raise ManifestError(f"{where}: invalid JSON ({error})") from None
     if not isinstance(entry, dict):
         raise ManifestError(f"{where}: expected a JSON object, got {type(entry).__name__}")
     path = _record_path(entry, where)
@@ -108,8 +125,12 @@ def read_manifest(path: Path) -> list[ManifestRecord]:
         raise ManifestError(f"manifest {path} does not exist; run `enecg demo-data` or `enecg manifest ...` first")
     records: list[ManifestRecord] = []
     first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:  # a byte-order mark (Excel, Notepad) is tolerated on the first line
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise ManifestError(f"{path}:{number}: not UTF-8 text ({error.reason} at byte {error.start})") from None
             record = parse_line(text, path, number)
             if record is None:
                 continue
@@ -126,10 +147,13 @@ def read_manifest(path: Path) -> list[ManifestRecord]:
 
 
 def resolve_record(root: Path, record_path: str) -> Path:
-    """The record's path on disk; absolute manifest paths must still lie inside the data root."""
-    root = Path(root).resolve()
-    candidate = Path(record_path)
-    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    """The record's path on disk; absolute manifest paths must still lie inside the data root.
+
+    The check is on the path as written (normalised, symlinks not followed), so a data root whose folders
+    link to another disk works, and checking 800k records costs no file-system calls.
+    """
+    root = Path(os.path.abspath(root))
+    resolved = Path(os.path.normpath(root / record_path))
     if not resolved.is_relative_to(root):
         raise ManifestError(f"record path {record_path} lies outside the data root {root}; set data.root in params.yaml")
     return resolved

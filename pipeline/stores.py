@@ -4,12 +4,15 @@ A long job (prepare over 800k records, extract on a GPU for hours) writes into `
 of records at a time, and ticks that chunk in a `done` array only after its data is written. A killed run
 resumes at the first chunk not ticked, provided the partial store was started from the same inputs (its
 `fingerprint` attribute); otherwise it starts over. Only a complete store is renamed to its final name, so
-a later stage never reads a half-written one.
+a later stage never reads a half-written one. Every other artifact (a file or a folder) is written under a
+temporary sibling name and renamed (`atomic_path`); temporaries a killed writer left behind are deleted by
+the next writer of the same artifact.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -40,8 +43,31 @@ def canonical(value) -> object:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def remove_leftovers(target: Path) -> None:
+    """Delete the temporaries a killed writer of `target` left beside it (only those of dead processes)."""
+    for pattern in (f".{glob.escape(target.name)}.tmp-*", f"{glob.escape(target.name)}.old-*"):
+        for leftover in target.parent.glob(pattern):
+            pid = leftover.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+
+
 def _replace_dir(source: Path, target: Path) -> None:
     """Move a finished directory into place; an older target is removed only after the new one is there."""
+    remove_leftovers(target)
     old = target.with_name(f"{target.name}.old-{os.getpid()}")
     if target.exists():
         os.replace(target, old)
@@ -54,6 +80,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling path to write; it replaces `target` only if the block finishes."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         yield tmp

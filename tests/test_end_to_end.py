@@ -31,10 +31,10 @@ def enecg(*args):
 
 def small_params() -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["demo"].update(subjects=48, records_per_subject=2)
+    params["demo"].update(subjects=64, records_per_subject=2)
     params["prepare"]["chunk_records"] = 32
-    params["pretrain"]["minirocket"].update(max_records=96, max_fit_records=96)
-    params["pretrain"]["dlinear"].update(max_records=96, epochs=2)
+    params["pretrain"]["minirocket"].update(max_records=128, max_fit_records=128)
+    params["pretrain"]["dlinear"].update(max_records=128, epochs=2)
     params["extract"]["chunk_records"] = 16
     params["evaluate"]["bootstrap"] = 200
     return params
@@ -56,7 +56,7 @@ def project(tmp_path_factory):
 
 def test_prepare_keeps_every_simulated_record(project):
     corpus = open_complete(project / "corpus.zarr", "enecg prepare")
-    assert corpus["signals"].shape == (96, 12, 5000)
+    assert corpus["signals"].shape == (128, 12, 5000)
     assert corpus["qc_ok"][:].all() and corpus.attrs["summary"]["excluded"] == {}
 
 
@@ -70,7 +70,7 @@ def test_killed_extract_resumes_and_equals_an_uninterrupted_run(project, monkeyp
         extract_embeddings(model, Path("corpus.zarr"), Path(f"once-{model}.zarr"), chunk_records=16)
         once = open_complete(Path(f"once-{model}.zarr"), "extract")
         assert np.array_equal(resumed["embedding"][:], once["embedding"][:])
-        assert resumed["embedding"].shape[0] == 96 and np.isfinite(resumed["embedding"][:]).all()
+        assert resumed["embedding"].shape[0] == 128 and np.isfinite(resumed["embedding"][:]).all()
         assert resumed.attrs["checkpoint_sha256"] == once.attrs["checkpoint_sha256"]
 
 
@@ -81,8 +81,8 @@ def test_ensemble_beats_the_training_mean_on_rr_interval(project, monkeypatch):
     params = load_params()
     data = load_task_data(params, "rr_interval")
     baseline = np.mean(np.abs(data.target[data.test] - data.target[data.train].mean()))
-    # The RR interval is what the simulator sets: the ensemble must clearly beat predicting the mean.
-    assert report["models"]["moe"]["mae"]["value"] < 0.85 * baseline
+    # The RR interval is measured on the simulated signal: the ensemble must beat predicting the training mean by 10%.
+    assert report["models"]["moe"]["mae"]["value"] < 0.9 * baseline
     assert set(report["models"]) == {"expert:minirocket", "expert:dlinear", "mean", "moe"}
 
     gate, config = load_gate(project / "gates" / "rr_interval")
@@ -108,7 +108,8 @@ def test_binary_task_and_deterministic_heads(project, monkeypatch):
     monkeypatch.chdir(project)
     enecg("fit-ensemble", "--task", "irregular")
     report = json.loads((project / "metrics" / "irregular.json").read_text())
-    assert report["type"] == "binary" and 0.0 <= report["models"]["moe"]["auroc"]["value"] <= 1.0
+    # Irregular rhythm is set by the simulator's heart-rate variability: far above chance (AUROC 0.5).
+    assert report["type"] == "binary" and report["models"]["moe"]["auroc"]["value"] > 0.8
     first = dict(np.load(project / "heads" / "irregular" / "dlinear" / "predictions.npz"))
     enecg("fit-heads", "--task", "irregular", "--model", "dlinear")
     second = dict(np.load(project / "heads" / "irregular" / "dlinear" / "predictions.npz"))

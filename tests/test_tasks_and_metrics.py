@@ -88,3 +88,16 @@ def test_metrics_match_hand_computed_values_and_bootstrap_brackets_them():
     for interval in boot.values():
         assert interval["low"] <= interval["value"] <= interval["high"]
     assert boot["auroc"]["high"] - boot["auroc"]["low"] < 0.15
+
+
+def test_multilabel_and_multiclass_metrics():
+    multilabel = Task("super", "multilabel", "super", ("A", "B", "C"))
+    truth = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=float)
+    probability = np.array([[0.9, 0.2, 0.7], [0.1, 0.8, 0.3], [0.6, 0.4, 0.2], [0.2, 0.1, 0.9]])
+    got = compute_metrics(multilabel, truth, probability)
+    # row 3 misses label B (0.4 < 0.5): subset accuracy 3/4, recall of B 1/2, every label perfectly ranked
+    assert got["accuracy"] == pytest.approx(0.75) and got["recall"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert got["auroc"] == pytest.approx(1.0) and got["precision"] == pytest.approx(1.0)
+    multiclass = Task("rhythm", "multiclass", "rhythm", ("SR", "AF", "OTHER"))
+    got = compute_metrics(multiclass, np.array([0, 1, 2, 1]), np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.1, 0.4], [0.2, 0.6, 0.2]]))
+    assert got["accuracy"] == pytest.approx(0.75) and got["auroc"] == pytest.approx(1.0)

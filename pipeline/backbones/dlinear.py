@@ -85,15 +85,8 @@ def load_dlinear(path: Path) -> DLinear:
     return forecasting.load_checkpoint(DLinear(), path, CONFIG.source)
 
 
-class DLinearBackbone(Backbone):
+class DLinearBackbone(forecasting.ForecasterBackbone):
     config = CONFIG
-
-    def __init__(self, net: DLinear):
-        super().__init__()
-        self.net = net
-
-    def preprocess(self, signals: np.ndarray) -> np.ndarray:
-        return forecasting.zscore_record(signals)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         batch, leads, _ = x.shape

@@ -212,15 +212,8 @@ def load_timesnet(path: Path) -> TimesNet:
     return forecasting.load_checkpoint(TimesNet(), path, CONFIG.source)
 
 
-class TimesNetBackbone(Backbone):
+class TimesNetBackbone(forecasting.ForecasterBackbone):
     config = CONFIG
-
-    def __init__(self, net: TimesNet):
-        super().__init__()
-        self.net = net
-
-    def preprocess(self, signals: np.ndarray) -> np.ndarray:
-        return forecasting.zscore_record(signals)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         batch, leads, _ = x.shape
