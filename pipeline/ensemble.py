@@ -25,7 +25,7 @@ from pipeline.heads import base_state, fit_head, load_head, predict, save_head
 from pipeline.metrics import bootstrap_metrics, per_label_auroc
 from pipeline.params import gate_dir, head_dir
 from pipeline.progress import progress_bar
-from pipeline.stores import atomic_path, provenance
+from pipeline.stores import atomic_path, provenance, strings
 
 READ_BLOCK = 1024  # corpus rows read at a time for gate features
 
@@ -142,7 +142,7 @@ def moe_predict(gate: Gate, config: dict, leads: np.ndarray, experts: np.ndarray
     return weights, combine(torch.from_numpy(weights), torch.from_numpy(experts)).numpy()
 
 
-def evaluate_task(data: TaskData, settings: dict) -> dict:
+def evaluate_task(data: TaskData, settings: dict) -> tuple[dict, list[dict]]:
     """Every expert alone, their plain mean, and the MoE ensemble on the test rows, with bootstrap CIs."""
     gate, config = load_gate(gate_dir(data.task.name))
     backbones, gate_settings = config["experts"], config["settings"]
@@ -162,4 +162,18 @@ def evaluate_task(data: TaskData, settings: dict) -> dict:
     if data.task.type in ("multiclass", "multilabel"):
         report["per_label_auroc"] = per_label_auroc(data.task, truth, moe)
     report["provenance"] = provenance(gate=config.get("provenance"))
-    return report
+    return report, prediction_rows(data, truth, candidates["mean"], moe)
+
+
+def prediction_rows(data: TaskData, truth: np.ndarray, mean: np.ndarray, moe: np.ndarray) -> list[dict]:
+    """One row per test record for DVC plots: the target and the mean and MoE predictions, in readable form."""
+    ids = strings(data.corpus["record_id"])[data.test]
+    task = data.task
+    if task.type == "regression":
+        return [{"record_id": i, "actual": float(t), "mean": float(m[0]), "moe": float(e[0])} for i, t, m, e in zip(ids, truth, mean, moe)]
+    if task.type == "binary":
+        return [{"record_id": i, "actual": int(t), "mean": float(m[0]), "moe": float(e[0])} for i, t, m, e in zip(ids, truth, mean, moe)]
+    if task.type == "multiclass":
+        return [{"record_id": i, "actual": task.classes[t], "predicted": task.classes[int(e.argmax())]} for i, t, e in zip(ids, truth, moe)]
+    join = lambda flags: ";".join(name for name, flag in zip(task.classes, flags) if flag)  # noqa: E731
+    return [{"record_id": i, "actual": join(t >= 0.5), "predicted": join(e >= 0.5)} for i, t, e in zip(ids, truth, moe)]

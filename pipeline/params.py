@@ -29,6 +29,10 @@ def metrics_path(task: str) -> Path:
     return Path("metrics") / f"{task}.json"
 
 
+def plots_path(task: str) -> Path:
+    return Path("plots") / task / "predictions.csv"
+
+
 def load_params(path: Path = Path("params.yaml")) -> dict:
     """The params file as a dict, with its required sections checked (errors name the file and section)."""
     path = Path(path)
