@@ -262,6 +262,7 @@ def measure(name: str, corpus: np.ndarray, args: argparse.Namespace, device: tor
         "forward_s": forward,
         "ecgs_per_s": batch_size / (preprocess + forward),
         "forward_ecgs_per_s": batch_size / forward,
+        "forward_s_each": [round(t[1], 3) for t in timings],
         "threads": torch.get_num_threads(),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -145,8 +145,8 @@ def backbones(checkpoints: Path = typer.Option(Path("checkpoints"), help="folder
         path = checkpoints / config.name / config.checkpoint_file
         status = f"found {checkpoint_sha256(path)[:12]}" if path.exists() else "missing"
         spec = config.spec
-        rows.append([config.name, f"{spec.sampling_rate:g} Hz x {spec.samples}", len(spec.leads), spec.normalisation, config.embedding_dim, f"{path}: {status}", config.source])
-    show_table("backbones", ["name", "input", "leads", "normalisation", "dim", "checkpoint", "source"], rows)
+        rows.append([config.name, f"{spec.sampling_rate:g} Hz x {spec.samples}", len(spec.leads), config.embedding_dim, f"{path}\n{status}", config.source])
+    show_table("backbones (preprocessing: see each module's docstring)", ["name", "input", "leads", "dim", "checkpoint", "source"], rows)
 
 
 @app.command()
