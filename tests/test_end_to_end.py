@@ -96,10 +96,11 @@ def test_ensemble_beats_the_training_mean_on_rr_interval(project, monkeypatch):
     records = read_manifest(Path(params["data"]["manifest"]))
     chosen = data.test[:3]
     paths = [Path(params["data"]["root"]) / records[row].path for row in chosen] + [project / "absent_record"]
-    output = enecg("predict", "--task", "rr_interval", *map(str, paths))
-    assert "absent_record" in output and "does not exist" in output
-    settings = QCSettings()
-    predictions = {p.record: p.value for p in predict_records(paths, [data.task], settings) if p.value is not None}
+    assert "does not exist" in enecg("predict", "--task", "rr_interval", *map(str, paths))
+    results = predict_records(paths, [data.task], QCSettings())
+    excluded = [p for p in results if p.value is None]
+    assert [p.record for p in excluded] == [str(paths[-1])] and "does not exist" in excluded[0].reason
+    predictions = {p.record: p.value for p in results if p.value is not None}
     for position, path in enumerate(paths[:3]):
         assert abs(predictions[str(path)][0] - moe[position, 0]) < 1e-3 * abs(moe[position, 0])
 
