@@ -15,6 +15,7 @@ reported beside the ratio. Output: a table on stdout and benchmarks/stage_two_sp
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -108,9 +109,9 @@ def main() -> None:
     lines = [
         f"# Stage two: cached embeddings vs. backbones in every step ({args.task}, {args.epochs} epochs)",
         "",
-        f"Command: `python benchmarks/stage_two_speedup.py --task {args.task} --epochs {args.epochs}` (after `dvc repro`).",
+        f"Command: `python benchmarks/stage_two_speedup.py --task {args.task} --epochs {args.epochs} --threads {args.threads}` (after `dvc repro`).",
         f"Backbones: {', '.join(backbones)}; {len(data.train)} training records, {params['split']['k']} folds, batch {args.batch_size}; "
-        f"CPU threads: {torch.get_num_threads()}.",
+        f"CPU threads: {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs shared the machine).",
         "",
         "| way | seconds |",
         "|---|---|",
