@@ -4,10 +4,10 @@
     python benchmarks/throughput.py --backbones moment-large --batch-size 8 --warmup-size 2
     python benchmarks/throughput.py --device cuda --bf16                # the same on a GPU, bf16 autocast
 
-No published weights are here (and their licences keep them out of the repository), so every backbone gets a
-checkpoint with random weights, written at full size IN ITS NATIVE FORMAT into a temporary folder, and is loaded
-through the project's own `build_backbone(name, path)`: the load path timed here is the one `enecg extract`
-takes. The checkpoints are made the way each backbone's tests make them:
+No published weights are available here, so every backbone gets a checkpoint with random weights, written at
+full size IN ITS NATIVE FORMAT into a temporary folder, and is loaded through the project's own
+`build_backbone(name, path)`: the load path timed here is the one `enecg extract` takes. The checkpoints are
+made the way each backbone's tests make them:
 
 - minirocket, dlinear, timesnet: the backbone's registered pretrainer, run briefly on a few simulated records
   (what `enecg pretrain` writes; the fitted values do not change the cost of the forward pass);
@@ -22,9 +22,10 @@ What is timed, per backbone: a batch of 10 s 12-lead 500 Hz records (neurokit2-s
 corpus) goes through `pipeline.extract.backbone_inputs` (lead selection, resampling to the backbone's rate, its
 own numpy preprocessing: "preprocess") and then through the backbone under `torch.inference_mode()`, the output
 copied back to the host as `extract` does ("forward"). One smaller warm-up batch runs first (lazy allocations,
-oneDNN kernel choice), then `--batches` timed batches. Throughput is records / (preprocess + forward).
-`--bf16` wraps the forward in bf16 autocast, as `extract` does on a GPU (`extract` always uses it there; without
-`--bf16` a GPU run measures float32).
+oneDNN kernel choice), then `--batches` timed batches; a smaller warm-up keeps the largest models affordable and
+is enough (with `--batches 3` on ecgfounder, minirocket and timesnet the later batches were no faster than the
+first). Throughput is records / (preprocess + forward). `--bf16` wraps the forward in bf16 autocast, as
+`extract` does on a GPU (`extract` always uses it there; without `--bf16` a GPU run measures float32).
 
 Results are kept in throughput.md (the machine-readable copy in an HTML comment at its end), so a rerun with
 `--backbones` replaces only those rows; rows measured on another machine (CPU model, core count, torch version)
@@ -345,7 +346,9 @@ def write_report(path: Path, results: dict) -> None:
         "",
         f"Machine: {info['cpu']}, nproc {info['nproc']}, GPU {info['gpu'] or 'none'}; torch {info['torch']}, "
         f"transformers {info['transformers']}, numpy {info['numpy']}, Python {info['python']}.",
-        "The machine is shared with other work (see the load averages): throughputs are indicative, lower bounds.",
+        "The machine is shared with other work: the last column is the 1-minute load average before and after the",
+        "backbone's warm-up and timed batches (above nproc, other processes were competing for the cores), so",
+        "throughputs are indicative lower bounds; repeated runs under such load can differ by up to ~2x.",
     ]
     for setting, rows in sorted(results["settings"].items()):
         ordered = sorted(rows.values(), key=lambda row: backbone_order(row["backbone"]))
