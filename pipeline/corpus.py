@@ -12,6 +12,7 @@ record; the chunks written so far are kept, so a rerun without it resumes.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from dataclasses import asdict
@@ -22,6 +23,7 @@ import dask
 import numpy as np
 import zarr
 
+from pipeline import manifests, signals
 from pipeline.backbones import LEADS_12
 from pipeline.errors import ManifestError, RecordError, StoreError
 from pipeline.manifests import ManifestRecord, read_manifest, resolve_record
@@ -49,7 +51,17 @@ def reason_kind(reason: str) -> str:
         previous, kind = kind, re.sub(r" ?\([^()]*\)", "", kind)
     kind = re.sub(r"\S*/\S*|\S+\.(hea|dat)\b", "FILE", kind)
     kind = re.sub(r"(?<!\w)'([^']*)'", lambda match: match.group(0) if match.group(1) in LEADS_12 else "'...'", kind)
+    kind = re.sub(r"\['\.\.\.'(, '\.\.\.')*\]", "[...]", kind)  # a list of unknown names
     return re.sub(r"\b\d+(\.\d+)?\b", "#", kind)
+
+
+def code_sha256() -> str:
+    """sha256 of the code that decides what the corpus holds: a partial store that other code started (a fix
+    made after a crash) is started over, never resumed and mixed."""
+    digest = hashlib.sha256()
+    for source in (manifests.__file__, signals.__file__, __file__):
+        digest.update(Path(source).read_bytes())
+    return digest.hexdigest()
 
 
 def record_paths(manifest: Path, root: Path, records: list[ManifestRecord]) -> list[Path]:
@@ -93,7 +105,12 @@ def prepare_corpus(
     count = len(records)
     store = ChunkedStore(
         out,
-        fingerprint={"manifest_sha256": file_sha256(manifest), "root": str(Path(root).resolve()), "qc": asdict(settings)},
+        fingerprint={
+            "manifest_sha256": file_sha256(manifest),
+            "root": str(Path(root).resolve()),
+            "qc": asdict(settings),
+            "code_sha256": code_sha256(),
+        },
         n_records=count,
         chunk_records=chunk_records,
     )

@@ -99,7 +99,7 @@ def parse_line(text: str, source: Path | str, line: int) -> ManifestRecord | Non
     if not text.strip():
         return None
     try:
-        entry = json.loads(text)
+        entry = json.loads(text.rstrip("\r\n"))  # the column of an error at the end then stays on this line
     except json.JSONDecodeError as error:
         raise ManifestError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
     except (ValueError, RecursionError) as error:  # an integer too long to convert, nesting too deep

@@ -16,6 +16,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,6 +29,8 @@ from pipeline import __version__
 from pipeline.errors import StoreError
 
 COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+# Zarr writes each chunk to `<key>.<uuid4 hex>.partial` and renames it; a kill in between leaves that file.
+TORN_WRITE = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
 def file_sha256(path: Path) -> str:
@@ -127,6 +130,9 @@ class ChunkedStore:
             except Exception:  # an unreadable leftover of a killed run is simply discarded
                 same = False
             if same:
+                for leftover in self.partial.rglob("*.partial"):  # else they would be published with the store
+                    if TORN_WRITE.search(leftover.name) and leftover.is_file():
+                        leftover.unlink()
                 self.group = group
                 self.resumed_chunks = int(np.sum(group["done"][:]))
                 return group

@@ -25,7 +25,7 @@ from pipeline.corpus import prepare_corpus
 from pipeline.errors import ManifestError, RecordError
 from pipeline.manifests import read_manifest
 from pipeline.params import load_params
-from pipeline.signals import QCSettings, load_canonical, read_record
+from pipeline.signals import QCSettings, load_canonical, read_record, to_canonical
 from pipeline.stores import open_complete, strings
 from pipeline.tasks import Task, task_from_params
 from tests.conftest import DATA, need_shared
@@ -182,8 +182,6 @@ def test_a_long_record_is_read_only_as_far_as_needed_with_the_same_result(tmp_pa
     partial, _ = read_record(path, max_seconds=11.0)
     assert partial.shape == (12, int(np.ceil(257 * 11.0)))
     full, fs = read_record(path)
-    from pipeline.signals import to_canonical
-
     assert np.array_equal(load_canonical(path, SETTINGS), to_canonical(full, fs, SETTINGS, "long"))
 
 
@@ -226,21 +224,25 @@ def test_prepare_quarantines_bad_records_counts_them_and_strict_fails(tmp_path, 
     assert "resumed_chunks" not in corpus.attrs["summary"]  # the store depends on its inputs only
 
 
-@pytest.mark.parametrize(
-    "row, message",
-    [
-        ({"record_id": "x", "subject_id": "p", "path": "/elsewhere/x"}, r"m\.jsonl:3: field 'path': record path /elsewhere/x lies outside the data root"),
-        ({"record_id": "x", "subject_id": "p", "path": "x", "rr_interval": "slow"},
-         r"m\.jsonl: manifest line 3 \(record x\): label 'rr_interval' = 'slow' is not a number"),
-        ({"record_id": "x", "subject_id": "p", "path": "x", "rr_interval": [1, 2]}, r"m\.jsonl:3: label 'rr_interval' has unsupported value"),
-        ('{"record_id": "x", "subject_id": "p", "path": "x", "rr_interval": 1' + "0" * 5000 + "}", r"m\.jsonl:3: invalid JSON \(Exceeds the limit"),
-        ('{"record_id": "x", "subject_id": "p", "path": ' + "[" * 100000 + "]" * 100000 + "}", r"m\.jsonl:3: invalid JSON"),
-        ('{"record_id": "\\ud800", "subject_id": "p", "path": "x"}', r"m\.jsonl:3: field 'record_id' is not valid Unicode"),
-        ('{"record_id": "x", "subject_id": "p", "path": "a\\u0000b"}', r"m\.jsonl:3: field 'path' holds a control character"),
-        ({"record_id": "x", "subject_id": "p", "path": "./"}, r"m\.jsonl:3: path './' names a folder, not a WFDB record"),
-        ({"record_id": "good", "subject_id": "p", "path": "x"}, r"m\.jsonl:3: duplicate record_id 'good' \(first seen on line 1\)"),
-    ],
-)
+# (line 3 of a manifest whose line 1 is good and line 2 blank, the error it must raise)
+BAD_LINES = [
+    ('{"record_id": "x", "subject_id": "p", "path": "x"', r"m\.jsonl:3: invalid JSON \(Expecting ',' delimiter at column 50\)"),
+    ({"record_id": "x", "path": "x"}, r"m\.jsonl:3: missing required field 'subject_id'"),
+    ({"record_id": "x", "subject_id": "p", "path": "../x"}, r"m\.jsonl:3: path '\.\./x' leaves the data root"),
+    ({"record_id": "x", "subject_id": "p", "path": "/elsewhere/x"}, r"m\.jsonl:3: field 'path': record path /elsewhere/x lies outside the data root"),
+    ({"record_id": "x", "subject_id": "p", "path": "x", "rr_interval": "slow"},
+     r"m\.jsonl: manifest line 3 \(record x\): label 'rr_interval' = 'slow' is not a number"),
+    ({"record_id": "x", "subject_id": "p", "path": "x", "rr_interval": [1, 2]}, r"m\.jsonl:3: label 'rr_interval' has unsupported value"),
+    ('{"record_id": "x", "subject_id": "p", "path": "x", "rr_interval": 1' + "0" * 5000 + "}", r"m\.jsonl:3: invalid JSON \(Exceeds the limit"),
+    ('{"record_id": "x", "subject_id": "p", "path": ' + "[" * 100000 + "]" * 100000 + "}", r"m\.jsonl:3: invalid JSON"),
+    ('{"record_id": "\\ud800", "subject_id": "p", "path": "x"}', r"m\.jsonl:3: field 'record_id' is not valid Unicode"),
+    ('{"record_id": "x", "subject_id": "p", "path": "a\\u0000b"}', r"m\.jsonl:3: field 'path' holds a control character"),
+    ({"record_id": "x", "subject_id": "p", "path": "./"}, r"m\.jsonl:3: path './' names a folder, not a WFDB record"),
+    ({"record_id": "good", "subject_id": "p", "path": "x"}, r"m\.jsonl:3: duplicate record_id 'good' \(first seen on line 1\)"),
+]
+
+
+@pytest.mark.parametrize("row, message", BAD_LINES)
 def test_bad_manifest_lines_fail_before_any_record_is_read(tmp_path, row, message):
     rows = [{"record_id": "good", "subject_id": "p", "path": "good", "rr_interval": 800.0}, "", row]
     manifest = write_manifest(tmp_path / "m.jsonl", rows)

@@ -29,7 +29,7 @@ import torch
 import wfdb
 import yaml
 
-from pipeline.backbones import LEADS_12
+from pipeline.backbones import LEADS_12, build_backbone, checkpoint_sha256
 from pipeline.backbones.dlinear import DLinear
 from pipeline.corpus import prepare_corpus
 from pipeline.errors import CheckpointError, StoreError
@@ -43,7 +43,7 @@ ENECG = Path(sys.executable).with_name("enecg")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "1234"}
 KILLER = """
 import importlib, os, signal, sys
-target, calls, *command = sys.argv[1:]
+target, calls, match, *command = sys.argv[1:]
 module, _, attribute = target.partition(":")
 owner = importlib.import_module(module)
 *parents, name = attribute.split(".")
@@ -51,9 +51,10 @@ for parent in parents:
     owner = getattr(owner, parent)
 original, entered = getattr(owner, name), []
 def wrapper(*args, **kwargs):
-    if len(entered) == int(calls):
-        os.kill(os.getpid(), signal.SIGKILL)
-    entered.append(1)
+    if match in repr(args):
+        if len(entered) == int(calls):
+            os.kill(os.getpid(), signal.SIGKILL)
+        entered.append(1)
     return original(*args, **kwargs)
 setattr(owner, name, wrapper)
 from pipeline.cli import app
@@ -111,13 +112,16 @@ def prepare_in_process(params: dict, out: Path) -> dict:
                           chunk_records=prepare["chunk_records"], workers=prepare["workers"], scheduler=prepare["scheduler"])
 
 
-def enecg(folder: Path, *args: str, kill_at: tuple[str, int] | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `enecg ARGS` in `folder`; with `kill_at=(function, n)`, SIGKILL it when `function` is entered the (n+1)-th time."""
-    command = [str(ENECG), *args] if kill_at is None else [sys.executable, "-c", KILLER, kill_at[0], str(kill_at[1]), *args]
+def enecg(folder: Path, *args: str, kill_at: tuple | None = None) -> subprocess.CompletedProcess:
+    """Run `enecg ARGS` in `folder`; with `kill_at=(function, n[, text])`, SIGKILL it when `function` is entered
+    the (n+1)-th time (counting only calls whose arguments' repr contains `text`)."""
+    if kill_at is None:
+        command = [str(ENECG), *args]
+    else:
+        function, calls, match = (*kill_at, "")[:3]
+        command = [sys.executable, "-c", KILLER, function, str(calls), match, *args]
     result = subprocess.run(command, cwd=folder, env=ENV, capture_output=True, text=True, timeout=300)
-    if check:
-        expected = -signal.SIGKILL if kill_at else 0
-        assert result.returncode == expected, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == (-signal.SIGKILL if kill_at else 0), result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
@@ -164,51 +168,69 @@ def ensure_corpus(folder: Path) -> Path:
     return folder / "corpus.zarr"
 
 
-def test_prepare_killed_mid_chunk_resumes_to_the_same_bytes(project):
+def signals_chunk(store: Path, index: int) -> Path:
+    return store / "signals" / "c" / str(index) / "0" / "0"
+
+
+DONE_FLAG = ("pipeline.stores:ChunkedStore.mark_done", 2)  # chunks 0-1 ticked; chunk 2 written, its flag not
+TORN_WRITE = ("pathlib:Path.replace", 0, "signals/c/2/0/0')")  # inside Zarr's write: temporary written, not renamed
+
+
+@pytest.mark.parametrize("kill_at", [DONE_FLAG, TORN_WRITE], ids=["before-done-flag", "inside-chunk-write"])
+def test_prepare_killed_mid_chunk_resumes_to_the_same_bytes(project, kill_at):
     folder, _ = project
     shutil.rmtree(folder / "corpus.zarr", ignore_errors=True)
-    # Killed before chunk 2's done flag is written: chunks 0-1 are complete, chunk 2's data is on disk, unticked.
-    enecg(folder, "prepare", kill_at=("pipeline.stores:ChunkedStore.mark_done", 2))
+    enecg(folder, "prepare", kill_at=kill_at)
     partial = folder / "corpus.zarr.partial"
     assert not (folder / "corpus.zarr").exists() and partial.exists()
-    assert open_complete_fails(folder / "corpus.zarr")
-    written = {chunk: identity(partial / "signals" / "c" / str(chunk) / "0" / "0") for chunk in range(3)}
+    with pytest.raises(StoreError, match="partial store from an interrupted run exists; rerun to resume"):
+        open_complete(folder / "corpus.zarr", "enecg prepare")  # what a later stage gets meanwhile
+    torn = list(partial.rglob("*.partial"))
+    assert len(torn) == (kill_at == TORN_WRITE)
+    completed = {index: identity(signals_chunk(partial, index)) for index in range(2)}
     enecg(folder, "prepare")
     corpus = folder / "corpus.zarr"
-    assert tree(corpus) == tree(folder / "reference" / "corpus.zarr")
-    assert [identity(corpus / "signals" / "c" / str(chunk) / "0" / "0") == written[chunk] for chunk in range(3)] == [True, True, False]
+    assert tree(corpus) == tree(folder / "reference" / "corpus.zarr")  # the torn temporary is gone too
+    assert all(identity(signals_chunk(corpus, index)) == completed[index] for index in range(2))  # not rewritten
     assert not partial.exists()
 
 
-def open_complete_fails(path: Path) -> bool:
-    with pytest.raises(StoreError, match="partial store from an interrupted run exists; rerun to resume"):
-        open_complete(path, "enecg prepare")
-    return True
+def kill_at_random(folder: Path, command: list[str], partial: Path, within: float, env: dict = ENV) -> tuple[float, bool]:
+    """Start `enecg COMMAND`, `kill -9` it a random 0..`within` s after its partial store appears.
+
+    Returns the delay and whether the kill landed before the run finished."""
+    delay = random.uniform(0.0, within)
+    process = subprocess.Popen([str(ENECG), *command], cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not partial.exists() and process.poll() is None:
+        time.sleep(0.002)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    return delay, process.wait() == -signal.SIGKILL
 
 
 def test_prepare_killed_at_a_random_moment_resumes_to_the_same_bytes(project):
     folder, _ = project
-    shutil.rmtree(folder / "corpus.zarr", ignore_errors=True)
-    delay = random.uniform(0.0, 0.5)
-    process = subprocess.Popen([str(ENECG), "prepare"], cwd=folder, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (folder / "corpus.zarr.partial").exists() and process.poll() is None:
-        time.sleep(0.005)
-    time.sleep(delay)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    within = 0.4
+    for _ in range(4):  # a kill after the run finished proves nothing: draw again, sooner
+        shutil.rmtree(folder / "corpus.zarr", ignore_errors=True)
+        delay, landed = kill_at_random(folder, ["prepare"], folder / "corpus.zarr.partial", within)
+        if landed:
+            break
+        within /= 2
+    assert landed, "prepare always finished before the kill"
     enecg(folder, "prepare")
-    assert tree(folder / "corpus.zarr") == tree(folder / "reference" / "corpus.zarr"), f"killed {delay:.3f} s into the run"
+    assert tree(folder / "corpus.zarr") == tree(folder / "reference" / "corpus.zarr"), f"killed {delay:.3f} s after the partial store appeared"
 
 
 def test_changed_inputs_discard_a_partial_store_instead_of_mixing(project, monkeypatch):
     folder, params = project
     shutil.rmtree(folder / "corpus.zarr", ignore_errors=True)
-    enecg(folder, "prepare", kill_at=("pipeline.stores:ChunkedStore.mark_done", 2))
-    kept = identity(folder / "corpus.zarr.partial" / "signals" / "c" / "0" / "0" / "0")
+    enecg(folder, "prepare", kill_at=DONE_FLAG)
+    kept = identity(signals_chunk(folder / "corpus.zarr.partial", 0))
     monkeypatch.chdir(folder)
     summary = prepare_in_process({**params, "prepare": {**params["prepare"], "flat_threshold_mv": 0.02}}, Path("corpus.zarr"))
     assert summary["resumed_chunks"] == 0  # started over
-    assert identity(folder / "corpus.zarr" / "signals" / "c" / "0" / "0" / "0") != kept
+    assert identity(signals_chunk(folder / "corpus.zarr", 0)) != kept
     assert open_complete(folder / "corpus.zarr", "prepare").attrs["fingerprint"]["qc"]["flat_threshold_mv"] == 0.02
     shutil.rmtree(folder / "corpus.zarr")
     ensure_corpus(folder)
@@ -226,7 +248,7 @@ def reference_embeddings(project):
 
 def test_extract_killed_mid_chunk_resumes_to_the_same_bytes(project, reference_embeddings):
     folder, _ = project
-    enecg(folder, "extract", "-m", "dlinear", kill_at=("pipeline.stores:ChunkedStore.mark_done", 2))
+    enecg(folder, "extract", "-m", "dlinear", kill_at=DONE_FLAG)
     partial = folder / "embeddings" / "dlinear.zarr.partial"
     written = {chunk: identity(partial / "embedding" / "c" / str(chunk) / "0") for chunk in range(3)}
     rerun = enecg(folder, "extract", "-m", "dlinear")
@@ -252,18 +274,13 @@ def test_a_changed_checkpoint_forces_re_extraction(project, tmp_path, monkeypatc
     extract_embeddings("dlinear", Path("corpus.zarr"), fresh, checkpoint=new, chunk_records=8)
     store = open_complete(out, "extract")
     assert np.array_equal(store["embedding"][:], open_complete(fresh, "extract")["embedding"][:])
-    from pipeline.backbones import checkpoint_sha256
-
     assert store.attrs["checkpoint_sha256"] == checkpoint_sha256(new) != checkpoint_sha256(old)
     assert store.attrs["provenance"]["checkpoint_sha256"] == store.attrs["checkpoint_sha256"]
 
 
-def test_an_unsafe_checkpoint_is_refused_not_unpickled(project, tmp_path):
-    folder, _ = project
+def test_an_unsafe_checkpoint_is_refused_not_unpickled(tmp_path):
     unsafe = tmp_path / "checkpoint.pth"
     torch.save({"state": DLinear().state_dict(), "callback": Path("x")}, unsafe)  # a pickled class: code could run
-    from pipeline.backbones import build_backbone
-
     with pytest.raises(CheckpointError, match=r"(?s)cannot read checkpoint .*checkpoint\.pth.*Unsupported global"):
         build_backbone("dlinear", unsafe)
 
