@@ -32,18 +32,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import wfdb
 import yaml
 import zarr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the bad-input catalogue lives with the tests that check it
 
+from pipeline.backbones import LEADS_12  # noqa: E402
 from pipeline.corpus import prepare_corpus  # noqa: E402
 from pipeline.errors import EnECGError  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.signals import load_canonical  # noqa: E402
 from pipeline.tasks import Task  # noqa: E402
-from tests.test_bad_records import BAD_LINES, REAL, SETTINGS, make_records, manifest_rows, write_manifest  # noqa: E402
+from tests.test_bad_records import BAD_LINES, REAL, SETTINGS, check_kept, make_records, manifest_rows, write_manifest  # noqa: E402
 from tests.test_kill_resume import ENECG, kill_at_random  # noqa: E402
 
 
@@ -57,6 +59,19 @@ def short(text: str, limit: int = 150) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def handling(path: Path) -> str:
+    """What reading a kept record involved: resampling, unit conversion, lead reordering, padding or cutting."""
+    header = wfdb.rdheader(str(path))
+    steps = [f"resampled {header.fs:g} -> 500 Hz"] if header.fs != 500 else []
+    steps += [f"{header.units[0]} -> mV"] if header.units[0] != "mV" else []
+    names = [name.upper() for name in header.sig_name]
+    steps += ["leads reordered by name"] if names[:12] != [lead.upper() for lead in LEADS_12] else []
+    steps += [f"{len(names) - 12} extra leads dropped"] if len(names) > 12 else []
+    seconds = header.sig_len / header.fs
+    steps += [f"zero-padded {seconds:.2f} -> 10 s"] if seconds < 10 else [f"cut {seconds:.2f} -> 10 s"] if seconds > 10 else []
+    return ", ".join(steps) or "as is"
+
+
 def bad_records(work: Path) -> str:
     root = work / "records"
     cases = make_records(root, real=REAL.exists())
@@ -64,7 +79,7 @@ def bad_records(work: Path) -> str:
     for case in cases:
         try:
             canonical = load_canonical(root / case.name, SETTINGS)
-            outcome = f"kept: {canonical.shape[0]} x {canonical.shape[1]} mV at 500 Hz"
+            outcome = f"kept: {handling(root / case.name)}; max error {check_kept(case, canonical):.4f} mV"
         except EnECGError as error:
             outcome = "excluded: " + str(error).removeprefix(f"{root / case.name}: ").replace(f"{root}/", "")
         verdict = "ok" if outcome.startswith("kept") == (case.expect is None) else "UNEXPECTED"
@@ -80,7 +95,8 @@ def bad_records(work: Path) -> str:
     return "\n\n".join([
         f"QC settings: {SETTINGS.sampling_rate} Hz x {SETTINGS.seconds:g} s, min_seconds {SETTINGS.min_seconds:g} "
         f"(7-10 s records are zero-padded at the end), flat below {SETTINGS.flat_threshold_mv} mV peak-to-peak.",
-        table(["record", "what is wrong", "what it gets (`load_canonical`, as prepare and predict read it)", "as tested"], rows),
+        table(["record", "what is wrong", "what it gets (`load_canonical`, as prepare and predict read it; error against the "
+               "signal it should be)", "as tested"], rows),
         f"All {summary['records']} through `prepare` (chunks of 8, 2 threads): {summary['kept']} kept, "
         f"{summary['records'] - summary['kept']} excluded; the summary table counts them by kind:",
         table(["excluded because", "records"], counts),
