@@ -9,7 +9,7 @@ import torch
 from transformers import HubertConfig, HubertModel
 
 from pipeline.backbones import build_backbone
-from pipeline.backbones.hubert_ecg import HuBERTECGModel, load_model
+from pipeline.backbones.hubert_ecg import hubert_ecg_model, load_model
 from pipeline.errors import CheckpointError
 from tests.conftest import FIXTURES, need_shared
 
@@ -122,7 +122,7 @@ def test_full_published_configs_build_the_published_keys():
     published = json.loads((fixture / "keys_full.json").read_text())
     for size, elements in (("small", "n_elements"), ("base", "n_elements_base"), ("large", "n_elements_large")):
         with torch.device("meta"):
-            state = HuBERTECGModel(HubertConfig.from_dict(full[size])).state_dict()
+            state = hubert_ecg_model(full[size]).state_dict()
         if size == "small":
             assert {key: list(value.shape) for key, value in state.items()} == published["keys"]
         assert sum(value.numel() for value in state.values()) == published[elements], size

@@ -34,7 +34,6 @@ import safetensors.torch
 import torch
 from scipy.signal import decimate, filtfilt, firwin
 from torch import nn
-from transformers import HubertConfig, HubertModel
 
 from pipeline.backbones import (
     Backbone,
@@ -59,19 +58,24 @@ FILTER_TAPS = firwin(151, [0.05, 47.0], pass_zero=False, fs=SAMPLING_RATE)
 HIDDEN_SIZES = {"small": 512, "base": 768, "large": 960}
 
 
-class HuBERTECGModel(HubertModel):
-    """The published `HuBERTECG` class: HubertModel plus its pretraining heads.
+def hubert_ecg_model(config: dict) -> nn.Module:
+    """The published `HuBERTECG` model from its config.json: transformers' HubertModel plus its pretraining heads.
 
     `final_proj` and `label_embedding` (one per k-means ensemble member) only serve the masked-prediction
     pretraining loss, but every published file carries them; building them from config.json lets the loader
-    check every key and shape of the file instead of dropping some unchecked.
+    check every key and shape of the file instead of dropping some unchecked. They are attached to the
+    HubertModel itself, so the keys sit at the top level as in the published class. transformers takes ~5 s
+    to import, so it is imported here, when a HuBERT-ECG is built, not whenever the registry loads.
     """
+    from transformers import HubertConfig, HubertModel
 
-    def __init__(self, config: HubertConfig):
-        super().__init__(config)
-        vocab_sizes = getattr(config, "vocab_sizes", [100])  # HuBERTECGConfig's default
-        self.final_proj = nn.ModuleList(nn.Linear(config.hidden_size, config.classifier_proj_size) for _ in vocab_sizes)
-        self.label_embedding = nn.ModuleList(nn.Embedding(size, config.classifier_proj_size) for size in vocab_sizes)
+    hubert_config = HubertConfig.from_dict(config)
+    model = HubertModel(hubert_config)
+    vocab_sizes = config.get("vocab_sizes", [100])  # HuBERTECGConfig's default
+    width, projection = hubert_config.hidden_size, hubert_config.classifier_proj_size
+    model.final_proj = nn.ModuleList(nn.Linear(width, projection) for _ in vocab_sizes)
+    model.label_embedding = nn.ModuleList(nn.Embedding(size, projection) for size in vocab_sizes)
+    return model
 
 
 def read_hf_config(folder: Path) -> dict:
@@ -99,19 +103,20 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{folder} has neither model.safetensors nor pytorch_model.bin; download the weights too")
 
 
-def load_model(folder: Path, hidden_size: int | None = None) -> HuBERTECGModel:
+def load_model(folder: Path, hidden_size: int | None = None) -> nn.Module:
     """Build HuBERTECG from the folder's config.json and load its weights strictly (eval mode).
 
     `hidden_size`, when given, must match the config: it catches a small folder registered as large before
     any weights are read.
     """
-    config = HubertConfig.from_dict(read_hf_config(folder))
-    if hidden_size is not None and config.hidden_size != hidden_size:
+    config = read_hf_config(folder)
+    width = config.get("hidden_size")
+    if hidden_size is not None and width != hidden_size:
         raise CheckpointError(
-            f"{folder}/config.json has hidden_size {config.hidden_size}, but this backbone expects {hidden_size}: "
-            f"use the HuBERT-ECG size whose hidden size is {config.hidden_size}, or the matching checkpoint folder"
+            f"{folder}/config.json has hidden_size {width}, but this backbone expects {hidden_size}: "
+            f"use the HuBERT-ECG size whose hidden size is {width}, or the matching checkpoint folder"
         )
-    model = HuBERTECGModel(config)
+    model = hubert_ecg_model(config)
     load_state_dict_strict(model, read_hf_weights(folder), folder)
     return model.eval()
 
@@ -119,7 +124,7 @@ def load_model(folder: Path, hidden_size: int | None = None) -> HuBERTECGModel:
 class HuBERTECG(Backbone):
     """Frozen HuBERT-ECG on 12-lead 500 Hz records; see the module docstring for the input pipeline."""
 
-    def __init__(self, model: HuBERTECGModel, config: BackboneConfig):
+    def __init__(self, model: nn.Module, config: BackboneConfig):
         super().__init__()
         self.model = model
         self.config = config  # the size registered under this instance's name

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers import T5Config, T5EncoderModel
 
 from pipeline.backbones import (
     Backbone,
@@ -85,6 +84,8 @@ class MOMENTModel(nn.Module):
 
     def __init__(self, config: dict):
         super().__init__()
+        from transformers import T5Config, T5EncoderModel  # ~5 s to import: only when a MOMENT is built
+
         t5 = T5Config.from_dict(dict(config["t5_config"]))  # a copy: some transformers versions edit the dict
         self.patch_len = config["patch_len"]
         self.patch_embedding = PatchEmbedding(t5.d_model, self.patch_len)

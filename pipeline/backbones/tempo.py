@@ -36,9 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import GPT2Config, GPT2Model
 
 from pipeline.backbones import (
     Backbone,
@@ -133,6 +131,10 @@ class TEMPO(nn.Module):
         # upstream's learned decomposition (used by `upstream_forecast` only)
         self.map_trend = nn.Linear(seq_len, seq_len)
         self.map_season = nn.Sequential(nn.Linear(seq_len, 4 * seq_len), nn.ReLU(), nn.Linear(4 * seq_len, seq_len))
+
+        # transformers and peft take ~5 s to import: only when a TEMPO is built, not whenever the registry loads
+        from peft import LoraConfig, get_peft_model
+        from transformers import GPT2Config, GPT2Model
 
         gpt2 = GPT2Model(
             GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=d_model, n_layer=gpt_layers, n_head=n_head)
