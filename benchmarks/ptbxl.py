@@ -9,15 +9,20 @@ Uses shared/data/ptbxl-100hz (PTB-XL at 100 Hz, ecg_id <= 10000 only; see shared
    (data_manifests.ptbxl, label-table form, 100 Hz -> filename_lr), timing the build;
 2. writes the work folder's params.yaml, derived from the project's: PTB-XL's standard split (strat_fold 1-8
    train, 10 test; fold 9, the benchmark's validation fold, is not used: heads and gate early-stop on
-   held-out training subjects instead), the backbones this CPU can run (minirocket, dlinear), the benchmark's
+   held-out training subjects instead), the backbones this CPU can run and this machine has
+   weights for (minirocket, dlinear, timesnet), the benchmark's
    statement sets plus age and sex, the task definitions from the builder's sidecar;
 3. runs the stages through the `enecg` CLI in the work folder (nice -n 10), timing each one: prepare,
    pretrain and extract for each backbone, then fit-ensemble (heads, gate, evaluate) for each task;
 4. writes benchmarks/ptbxl.md: per task, each expert, their plain mean and the MoE (macro AUROC with its 95%
    bootstrap interval; MAE for age) beside Strodthoff et al. (2021), and per-label AUROC for superclass.
 
+Every stage runs with OMP_NUM_THREADS=1 (--threads): on this 2-core machine shared with other work, torch's
+default 2 intra-op threads made the small head/gate/DLinear matmuls ~15x slower (threads waiting for a
+core), e.g. fit-heads superclass/dlinear for 3 epochs 144 s with 2 threads, 9.7 s with 1.
+
 A rerun skips the stages whose time is already recorded in WORK/times.json and whose output exists (so a
-killed run resumes); --fresh reruns everything.
+killed run resumes); --fresh deletes the stages' outputs and reruns everything.
 """
 
 from __future__ import annotations
@@ -41,25 +46,31 @@ sys.path.insert(0, str(REPO))
 from data_manifests.ptbxl import build_ptbxl_manifest, write_manifest  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "ptbxl-100hz"
-BACKBONES = ["minirocket", "dlinear"]
+BACKBONES = ["minirocket", "dlinear", "timesnet"]
+# TimesNet is not in the project's params (the demo leaves it out): a short self-supervised run that this CPU
+# can afford (300 records x 12 leads x 2 shifts, one epoch; about 5 minutes on one thread).
+TIMESNET_PRETRAIN = {"max_records": 300, "epochs": 1, "max_shift": 2, "seed": 0}
 MULTILABEL_TASKS = ["superclass", "subclass", "rhythm", "form", "scp_all", "diagnostic"]
 OTHER_TASKS = ["age", "sex"]
 # Strodthoff et al. 2021 (PTB-XL benchmark), macro AUC on fold 10, xresnet1d101. Their "all" is scp_all,
 # "diag" diagnostic, "subdiag" subclass, "superdiag" superclass.
 PUBLISHED = {"scp_all": 0.925, "diagnostic": 0.937, "subclass": 0.929, "superclass": 0.928, "form": 0.896, "rhythm": 0.957}
 NICE = ["nice", "-n", "10"]
+OUTPUTS = ["corpus.zarr", "checkpoints", "embeddings", "heads", "gates", "metrics", "times.json"]
 
 
 def unpack(work: Path) -> float:
-    """records100/ in the work folder, skipped when a finished unpack left its marker; returns seconds spent."""
+    """records100/ in the work folder, skipped when a finished unpack left its marker (which holds the
+    seconds the unpack took); returns those seconds."""
     marker = work / "records100" / ".unpacked"
     if marker.exists():
-        return 0.0
+        return float(marker.read_text() or 0)
     start = time.perf_counter()
     with tarfile.open(SHARED / "records100.tar.xz", "r:xz") as archive:
         archive.extractall(work, filter="data")
-    marker.touch()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    marker.write_text(f"{seconds:.1f}")
+    return seconds
 
 
 def build_manifest(work: Path) -> tuple[Path, dict, float]:
@@ -83,7 +94,8 @@ def write_params(work: Path, manifest: Path, tasks: dict, bootstrap: int) -> lis
     params["prepare"].update(sampling_rate=100, seconds=10, min_seconds=10)
     params["split"] = {"method": "fold", "train_folds": list(range(1, 9)), "test_folds": [10], "k": 3, "seed": 0}
     params["backbones"] = list(BACKBONES)
-    params["pretrain"] = {name: params["pretrain"][name] for name in BACKBONES}
+    pretrain = {**params["pretrain"], "timesnet": TIMESNET_PRETRAIN}
+    params["pretrain"] = {name: pretrain[name] for name in BACKBONES}
     params["tasks"] = names
     params["task_definitions"] = {name: tasks[name] for name in names}
     params["evaluate"]["bootstrap"] = bootstrap
@@ -91,9 +103,9 @@ def write_params(work: Path, manifest: Path, tasks: dict, bootstrap: int) -> lis
     return names
 
 
-def run_stage(work: Path, times: dict, key: str, args: list[str], output: str, fresh: bool) -> None:
+def run_stage(work: Path, times: dict, key: str, args: list[str], output: str) -> None:
     """`enecg ARGS` in the work folder, niced, with its output streamed to the console and logs/KEY.log."""
-    if not fresh and key in times and (work / output).exists():
+    if key in times and (work / output).exists():
         print(f"== {key}: done before ({times[key]:.0f} s), skipped")
         return
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -113,14 +125,14 @@ def run_stage(work: Path, times: dict, key: str, args: list[str], output: str, f
     print(f"== {key}: {times[key]:.0f} s", flush=True)
 
 
-def run_pipeline(work: Path, tasks: list[str], times: dict, fresh: bool) -> None:
-    run_stage(work, times, "prepare", ["prepare"], "corpus.zarr", fresh)
+def run_pipeline(work: Path, tasks: list[str], times: dict) -> None:
+    run_stage(work, times, "prepare", ["prepare"], "corpus.zarr")
     for name in BACKBONES:
-        run_stage(work, times, f"pretrain {name}", ["pretrain", "--model", name], f"checkpoints/{name}", fresh)
+        run_stage(work, times, f"pretrain {name}", ["pretrain", "--model", name], f"checkpoints/{name}")
     for name in BACKBONES:
-        run_stage(work, times, f"extract {name}", ["extract", "--model", name], f"embeddings/{name}.zarr", fresh)
+        run_stage(work, times, f"extract {name}", ["extract", "--model", name], f"embeddings/{name}.zarr")
     for task in tasks:
-        run_stage(work, times, f"fit-ensemble {task}", ["fit-ensemble", "--task", task], f"metrics/{task}.json", fresh)
+        run_stage(work, times, f"fit-ensemble {task}", ["fit-ensemble", "--task", task], f"metrics/{task}.json")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -145,6 +157,33 @@ def results_table(work: Path, tasks: list[str]) -> list[str]:
         lines.append(f"| {name} | {report['type']} | {labels} | {report['n_train']} / {report['n_test']} | "
                      f"{'MAE (years)' if metric == 'mae' else 'macro AUROC'} | {' | '.join(cells)} | {published} |")
     return lines
+
+
+def gate_weights_table(work: Path, tasks: list[str]) -> list[str]:
+    """The MoE gate's mean weight per expert over the test records (metrics/TASK.json), per task."""
+    header = ["task", *BACKBONES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task in tasks:
+        weights = json.loads((work / "metrics" / f"{task}.json").read_text())["gate_weights_mean"]
+        lines.append(f"| {task} | {' | '.join(f'{weights[name]:.2f}' for name in BACKBONES)} |")
+    return lines
+
+
+def reading(work: Path, tasks: list[str]) -> str:
+    """One sentence, computed from the metrics: the MoE against the best expert and the plain mean."""
+    gaps, above_mean = [], 0
+    for task in tasks:
+        models = json.loads((work / "metrics" / f"{task}.json").read_text())["models"]
+        metric = "mae" if "mae" in models["moe"] else "auroc"
+        value = {name: result[metric]["value"] for name, result in models.items()}
+        experts = [name for name in value if name.startswith("expert:")]
+        best = (min if metric == "mae" else max)(experts, key=value.get)
+        unit = " years MAE" if metric == "mae" else ""
+        gaps.append(f"{task} {value['moe'] - value[best]:+.3f}{unit} ({best.split(':')[1]})")
+        above_mean += value["moe"] < value["mean"] if metric == "mae" else value["moe"] > value["mean"]
+    return (f"The MoE beats the plain mean on {above_mean} of {len(tasks)} tasks. MoE minus the best single expert: "
+            f"{', '.join(gaps)} (negative is worse for AUROC, positive is worse for MAE). The mean gate weights below show "
+            "which expert the gate leans on.")
 
 
 def per_label_table(work: Path, task: str) -> list[str]:
@@ -191,17 +230,20 @@ def qc_summary(work: Path) -> list[str]:
 def pretraining(work: Path) -> str:
     """How each backbone was made from the corpus, from checkpoints/NAME/pretrain.json."""
     made = {name: json.loads((work / "checkpoints" / name / "pretrain.json").read_text()) for name in BACKBONES}
-    rocket, linear = made["minirocket"], made["dlinear"]
-    forecast = linear["summary"]
-    return (f"MiniRocket's {rocket['summary']['num_features']:,} kernels' channel subsets and biases (quantiles of "
-            f"convolution outputs) fitted on {rocket['records']} seeded-random corpus records by `enecg pretrain`; "
-            f"DLinear pretrained by self-supervised next-sample forecasting on {linear['records']:,} corpus records "
-            f"({forecast['series']:,} lead series, {forecast['epochs']} epochs; evaluation MSE "
-            f"{forecast['initial_loss']:.3f} -> {forecast['final_loss']:.3f}, repeating the last sample gives "
-            f"{forecast['persistence_loss']:.3f})")
+    rocket = made.pop("minirocket")
+    lines = [f"MiniRocket's {rocket['summary']['num_features']:,} kernels' channel subsets and biases (quantiles of "
+             f"convolution outputs) fitted on {rocket['records']} seeded-random corpus records"]
+    for name, run in made.items():
+        forecast = run["summary"]
+        lines.append(f"{name} pretrained by self-supervised next-sample forecasting on {run['records']:,} corpus "
+                     f"records ({forecast['windows']:,} windows of {forecast['series']:,} lead series, "
+                     f"{forecast['epochs']} epoch(s); held-out MSE {forecast['initial_loss']:.3f} -> "
+                     f"{forecast['final_loss']:.3f}, repeating the last sample gives {forecast['persistence_loss']:.3f})")
+    return "; ".join(lines)
 
 
-def write_report(work: Path, tasks: list[str], times: dict, manifest_s: float, unpack_s: float, bootstrap: int) -> Path:
+def write_report(work: Path, tasks: list[str], times: dict, manifest_s: float, unpack_s: float, bootstrap: int,
+                 threads: int) -> Path:
     stage_rows = [f"| {key} | {seconds:.0f} |" for key, seconds in times.items()]
     total = sum(times.values())
     text = [
@@ -221,12 +263,18 @@ def write_report(work: Path, tasks: list[str], times: dict, manifest_s: float, u
         "",
         *results_table(work, tasks),
         "",
+        reading(work, tasks),
+        "",
         "Published: Strodthoff et al., *Deep learning for ECG analysis: benchmarks and insights from PTB-XL* "
         "(IEEE JBHI 2021), macro AUC on fold 10 of the full PTB-XL (100 Hz), xresnet1d101, trained on folds 1-8 "
         "with fold 9 for model selection: all 0.925, diag 0.937, subdiag 0.929, superdiag 0.928, form 0.896, "
         "rhythm 0.957. Their `all` is our `scp_all`, `subdiag` our `subclass`, `superdiag` our `superclass`. "
         "`diag` (every diagnostic statement) has no column in shared/data's label table, so the builder does "
         "not make that task here. Age and sex have no figure in that paper.",
+        "",
+        "## Mean gate weight of each expert on the test records",
+        "",
+        *gate_weights_table(work, tasks),
         "",
         "## Per-label test AUROC, superclass",
         "",
@@ -241,27 +289,28 @@ def write_report(work: Path, tasks: list[str], times: dict, manifest_s: float, u
         "- **Split**: strat_fold 1-8 train, 10 test, 3 subject-wise folds of the training set for the "
         "out-of-fold predictions the gate learns from. Fold 9, the benchmark's validation fold, is not used: "
         "the pipeline's heads and gate early-stop on subjects held out of their own training rows instead.",
-        f"- **Backbones**: only `minirocket` and `dlinear`, both made from this corpus without labels: "
-        f"{pretraining(work)}. Both saw records of every fold, test included, but never a label; no "
-        "label-supervised pretraining. `timesnet` runs at about 1 ECG/s on "
-        "this CPU (hours for the corpus), and the foundation models (ECG-FM, ECGFounder, HuBERT-ECG, MOMENT, "
-        "TEMPO) have no weights on this machine, so none of them is in the ensemble. The published model is "
+        f"- **Backbones**: `minirocket`, `dlinear` and `timesnet`, all made from this corpus by `enecg pretrain`, "
+        f"without labels: {pretraining(work)}. They saw records of every fold, test included, but never a label; "
+        "none had label-supervised pretraining. The foundation models (ECG-FM, ECGFounder, HuBERT-ECG, MOMENT, "
+        "TEMPO) need their published weights, which cannot be downloaded on this machine; with random weights "
+        "their features would say nothing, so none of them is in the ensemble (`enecg backbones` lists them as "
+        "missing a checkpoint). The published model is "
         "a supervised deep network trained end to end on twice the data; these figures measure a frozen-feature "
         "ensemble, not a reproduction of it.",
         "- **Signals**: the 100 Hz records go into corpus.zarr at 100 Hz x 10 s (`prepare.sampling_rate: 100`); "
-        "each backbone resamples to its own rate (MiniRocket 100 Hz, DLinear 50 Hz, the gate's lead II 50 Hz).",
+        "each backbone resamples to its own rate (MiniRocket 100 Hz, DLinear and TimesNet 50 Hz, the gate's lead II 50 Hz).",
         "",
-        "## Wall time of each stage (this 2-core machine, shared with other work, `nice -n 10`)",
+        f"## Wall time of each stage (this 2-core machine, shared with other work, `nice -n 10`, OMP_NUM_THREADS={threads})",
         "",
         f"Manifest build (`build_ptbxl_manifest` on labels.csv + `write_manifest`, in-process): {manifest_s:.2f} s. "
-        + (f"Unpacking records100.tar.xz: {unpack_s:.0f} s." if unpack_s else "records100.tar.xz was already unpacked."),
+        + (f"Unpacking records100.tar.xz: {unpack_s:.0f} s." if unpack_s else "records100.tar.xz was unpacked before (time not recorded)."),
         "",
         "| stage | seconds |",
         "|---|---|",
         *stage_rows,
         f"| **total** | **{total:.0f}** |",
         "",
-        "fit-ensemble = fit-heads for both backbones (3 folds each), fit-gate and evaluate (with the bootstrap).",
+        "fit-ensemble = fit-heads for every backbone (3 folds each), fit-gate and evaluate (with the bootstrap).",
         f"Load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}.",
     ]
     text += ["", "## Quality control", "", *qc_summary(work)]
@@ -274,17 +323,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "enecg" / "ptbxl-100hz")
     parser.add_argument("--bootstrap", type=int, default=200, help="evaluation bootstrap resamples")
-    parser.add_argument("--fresh", action="store_true", help="rerun every stage, even those done before")
+    parser.add_argument("--fresh", action="store_true", help="delete the stages' outputs and rerun every stage")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every stage (see above)")
     args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)  # inherited by the stages
     work = args.work.expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if args.fresh:
+        for name in OUTPUTS:
+            path = work / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     unpack_s = unpack(work)
     manifest, tasks, manifest_s = build_manifest(work)
     names = write_params(work, manifest, tasks, args.bootstrap)
     times_path = work / "times.json"
-    times = {} if args.fresh or not times_path.exists() else json.loads(times_path.read_text())
-    run_pipeline(work, names, times, args.fresh)
-    out = write_report(work, names, times, manifest_s, unpack_s, args.bootstrap)
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    run_pipeline(work, names, times)
+    out = write_report(work, names, times, manifest_s, unpack_s, args.bootstrap, args.threads)
     print(out.read_text())
 
 
