@@ -9,13 +9,14 @@ Uses shared/data/ptbxl-100hz (PTB-XL at 100 Hz, ecg_id <= 10000 only; see shared
    (data_manifests.ptbxl, label-table form, 100 Hz -> filename_lr), timing the build;
 2. writes the work folder's params.yaml, derived from the project's: PTB-XL's standard split (strat_fold 1-8
    train, 10 test; fold 9, the benchmark's validation fold, is not used: heads and gate early-stop on
-   held-out training subjects instead), the backbones this CPU can run and this machine has
-   weights for (minirocket, dlinear, timesnet), the benchmark's
-   statement sets plus age and sex, the task definitions from the builder's sidecar;
+   held-out training subjects instead), the backbones this project makes from the corpus itself
+   (minirocket, dlinear, timesnet: the foundation models' weights cannot be downloaded here), the
+   benchmark's statement sets plus age and sex, the task definitions from the builder's sidecar;
 3. runs the stages through the `enecg` CLI in the work folder (nice -n 10), timing each one: prepare,
    pretrain and extract for each backbone, then fit-ensemble (heads, gate, evaluate) for each task;
 4. writes benchmarks/ptbxl.md: per task, each expert, their plain mean and the MoE (macro AUROC with its 95%
-   bootstrap interval; MAE for age) beside Strodthoff et al. (2021), and per-label AUROC for superclass.
+   bootstrap interval; MAE for age) beside Strodthoff et al. (2021), the gate's mean weights, per-label
+   AUROC for superclass, the wall time of every stage and prepare's QC summary.
 
 Every stage runs with OMP_NUM_THREADS=1 (--threads): on this 2-core machine shared with other work, torch's
 default 2 intra-op threads made the small head/gate/DLinear matmuls ~15x slower (threads waiting for a
