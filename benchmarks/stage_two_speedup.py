@@ -111,7 +111,7 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/stage_two_speedup.py --task {args.task} --epochs {args.epochs} --threads {args.threads}` (after `dvc repro`).",
         f"Backbones: {', '.join(backbones)}; {len(data.train)} training records, {params['split']['k']} folds, batch {args.batch_size}; "
-        f"CPU threads: {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs shared the machine).",
+        f"CPU threads: {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end (this run adds about 1).",
         "",
         "| way | seconds |",
         "|---|---|",
