@@ -144,12 +144,11 @@ def _cell(metric: dict, digits: int) -> str:
     return f"{metric['value']:.{digits}f} ({metric['low']:.{digits}f}-{metric['high']:.{digits}f})"
 
 
-def results_table(work: Path, tasks: list[str]) -> list[str]:
+def results_table(reports: dict[str, dict]) -> list[str]:
     candidates = [f"expert:{name}" for name in BACKBONES] + ["mean", "moe"]
     header = ["task", "type", "labels", "train / test", "metric", *BACKBONES, "plain mean", "MoE", "Strodthoff et al. 2021"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for task in tasks:
-        report = json.loads((work / "metrics" / f"{task}.json").read_text())
+    for task, report in reports.items():
         metric, digits = ("mae", 2) if report["type"] == "regression" else ("auroc", 3)
         labels = len(report.get("per_label_auroc", {})) or 1
         cells = [_cell(report["models"][c][metric], digits) for c in candidates]
@@ -160,21 +159,21 @@ def results_table(work: Path, tasks: list[str]) -> list[str]:
     return lines
 
 
-def gate_weights_table(work: Path, tasks: list[str]) -> list[str]:
+def gate_weights_table(reports: dict[str, dict]) -> list[str]:
     """The MoE gate's mean weight per expert over the test records (metrics/TASK.json), per task."""
     header = ["task", *BACKBONES]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for task in tasks:
-        weights = json.loads((work / "metrics" / f"{task}.json").read_text())["gate_weights_mean"]
+    for task, report in reports.items():
+        weights = report["gate_weights_mean"]
         lines.append(f"| {task} | {' | '.join(f'{weights[name]:.2f}' for name in BACKBONES)} |")
     return lines
 
 
-def reading(work: Path, tasks: list[str]) -> str:
+def reading(reports: dict[str, dict]) -> str:
     """One sentence, computed from the metrics: the MoE against the best expert and the plain mean."""
     gaps, above_mean = [], 0
-    for task in tasks:
-        models = json.loads((work / "metrics" / f"{task}.json").read_text())["models"]
+    for task, report in reports.items():
+        models = report["models"]
         metric = "mae" if "mae" in models["moe"] else "auroc"
         value = {name: result[metric]["value"] for name, result in models.items()}
         experts = [name for name in value if name.startswith("expert:")]
@@ -182,12 +181,12 @@ def reading(work: Path, tasks: list[str]) -> str:
         unit = " years MAE" if metric == "mae" else ""
         gaps.append(f"{task} {value['moe'] - value[best]:+.3f}{unit} ({best.split(':')[1]})")
         above_mean += value["moe"] < value["mean"] if metric == "mae" else value["moe"] > value["mean"]
-    return (f"The MoE beats the plain mean on {above_mean} of {len(tasks)} tasks. MoE minus the best single expert: "
+    return (f"The MoE beats the plain mean on {above_mean} of {len(reports)} tasks. MoE minus the best single expert: "
             f"{', '.join(gaps)} (negative is worse for AUROC, positive is worse for MAE). The mean gate weights below show "
             "which expert the gate leans on.")
 
 
-def per_label_table(work: Path, task: str) -> list[str]:
+def per_label_table(work: Path, task: str, report: dict) -> list[str]:
     """Per-label test AUROC of each expert, the mean and the MoE (metrics/TASK.json has the MoE's), with
     the label's positives in the training and test rows."""
     from pipeline.dataset import load_task_data
@@ -202,7 +201,7 @@ def per_label_table(work: Path, task: str) -> list[str]:
     finally:
         os.chdir(here)
     truth = data.target[data.test]
-    moe = json.loads((work / "metrics" / f"{task}.json").read_text())["per_label_auroc"]
+    moe = report["per_label_auroc"]
     columns = {**{name: per_label_auroc(data.task, truth, p) for name, p in experts.items()},
                "plain mean": per_label_auroc(data.task, truth, np.mean(list(experts.values()), axis=0)), "MoE": moe}
     train_pos, test_pos = data.target[data.train].sum(0), truth.sum(0)
@@ -245,6 +244,7 @@ def pretraining(work: Path) -> str:
 
 def write_report(work: Path, tasks: list[str], times: dict, manifest_s: float, unpack_s: float, bootstrap: int,
                  threads: int) -> Path:
+    reports = {task: json.loads((work / "metrics" / f"{task}.json").read_text()) for task in tasks}
     stage_rows = [f"| {key} | {seconds:.0f} |" for key, seconds in times.items()]
     total = sum(times.values())
     text = [
@@ -262,9 +262,9 @@ def write_report(work: Path, tasks: list[str], times: dict, manifest_s: float, u
         "The experts are the LoRA FFN heads on each frozen backbone (mean of the 3 fold heads on the test "
         "records); plain mean = their unweighted mean; MoE = the gate on lead II and the experts' outputs.",
         "",
-        *results_table(work, tasks),
+        *results_table(reports),
         "",
-        reading(work, tasks),
+        reading(reports),
         "",
         "Published: Strodthoff et al., *Deep learning for ECG analysis: benchmarks and insights from PTB-XL* "
         "(IEEE JBHI 2021), macro AUC on fold 10 of the full PTB-XL (100 Hz), xresnet1d101, trained on folds 1-8 "
@@ -275,11 +275,11 @@ def write_report(work: Path, tasks: list[str], times: dict, manifest_s: float, u
         "",
         "## Mean gate weight of each expert on the test records",
         "",
-        *gate_weights_table(work, tasks),
+        *gate_weights_table(reports),
         "",
         "## Per-label test AUROC, superclass",
         "",
-        *per_label_table(work, "superclass"),
+        *per_label_table(work, "superclass", reports["superclass"]),
         "",
         "## What this is, and is not, comparable with",
         "",

@@ -169,10 +169,9 @@ def prediction_rows(data: TaskData, truth: np.ndarray, mean: np.ndarray, moe: np
     """One row per test record for DVC plots: the target and the mean and MoE predictions, in readable form."""
     ids = strings(data.corpus["record_id"])[data.test]
     task = data.task
-    if task.type == "regression":
-        return [{"record_id": i, "actual": float(t), "mean": float(m[0]), "moe": float(e[0])} for i, t, m, e in zip(ids, truth, mean, moe)]
-    if task.type == "binary":
-        return [{"record_id": i, "actual": int(t), "mean": float(m[0]), "moe": float(e[0])} for i, t, m, e in zip(ids, truth, mean, moe)]
+    if task.type in ("regression", "binary"):
+        actual = float if task.type == "regression" else int
+        return [{"record_id": i, "actual": actual(t), "mean": float(m[0]), "moe": float(e[0])} for i, t, m, e in zip(ids, truth, mean, moe)]
     if task.type == "multiclass":
         return [{"record_id": i, "actual": task.classes[t], "predicted": task.classes[int(e.argmax())]} for i, t, e in zip(ids, truth, moe)]
     join = lambda flags: ";".join(name for name, flag in zip(task.classes, flags) if flag)  # noqa: E731

@@ -1,9 +1,9 @@
 """Metrics per task type (scikit-learn), with percentile bootstrap confidence intervals.
 
 Predictions are in the ensemble's space (values, or probabilities). Classification thresholds: 0.5 for
-binary and multilabel, argmax for multiclass; for multilabel, accuracy is the subset accuracy. AUROC/AUPRC are macro over classes (one-vs-rest) and skip a
-class that has only one value in the sample; a bootstrap resample where a metric is undefined is left out
-of that metric's interval.
+binary and multilabel, argmax for multiclass; for multilabel, accuracy is the subset accuracy. AUROC/AUPRC
+are macro over classes (one-vs-rest) and skip a class that has only one value in the sample; a bootstrap
+resample where a metric is undefined is left out of that metric's interval.
 """
 
 from __future__ import annotations
