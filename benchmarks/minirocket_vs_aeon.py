@@ -19,6 +19,7 @@ import argparse
 import csv
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from sklearn.preprocessing import StandardScaler
 from pipeline.backbones.minirocket import KERNEL_LENGTH, NUM_KERNELS, MiniRocket, checkpoint_from_aeon, fit
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.shared_dir import DATA  # noqa: E402  ($ENECG_SHARED, else ../shared)
 BATCH = 32
 
 
@@ -95,7 +98,7 @@ def sex_accuracy(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_tes
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ptbxl-500")
+    parser.add_argument("--data", type=Path, default=DATA / "ptbxl-500")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "minirocket_vs_aeon.md")
     args = parser.parse_args()
 

@@ -6,6 +6,7 @@ The fixtures (../shared/fixtures/backbones) hold small random-weight checkpoints
 container, a fixed input, and the reference implementation's outputs (see their READMEs for the exact calls).
 """
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ import torch
 
 from pipeline.parity import FIXTURE_MODULES, fixture_outputs, fixture_tolerance, max_abs_difference
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "backbones"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.shared_dir import FIXTURES  # noqa: E402  ($ENECG_SHARED, else ../shared)
 
 
 def main() -> None:

@@ -45,8 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data_manifests.ptbxl import build_ptbxl_manifest, write_manifest  # noqa: E402
+from tests.shared_dir import DATA  # noqa: E402  ($ENECG_SHARED, else ../shared)
 
-SHARED = REPO.parent / "shared" / "data" / "ptbxl-100hz"
+SHARED = DATA / "ptbxl-100hz"
 BACKBONES = ["minirocket", "dlinear", "timesnet"]
 # TimesNet is not in the project's params (the demo leaves it out): a short self-supervised run that this CPU
 # can afford (300 records x 12 leads x 2 shifts, one epoch; about 5 minutes on one thread).

@@ -55,7 +55,8 @@ from pipeline.backbones import LEADS_12, build_backbone, get_config, get_pretrai
 from pipeline.demo import SAMPLING_RATE, SECONDS, simulate_record
 from pipeline.extract import backbone_inputs, to_spec
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "backbones"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.shared_dir import FIXTURES  # noqa: E402  ($ENECG_SHARED, else ../shared)
 OUT = Path(__file__).with_name("throughput.md")
 RESULTS_TAG = "throughput-results"
 # MOMENT-1-small/-base are MOMENT-1-large's config on flan-t5-small/-base (only -large's config.json is in the

@@ -6,7 +6,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 git clone -q "$repo" "$work/enecg"
-ln -s "$repo/../shared" "$work/shared" 2>/dev/null || true   # tests that use ../shared find it as in the repo
+export ENECG_SHARED="${ENECG_SHARED:-$repo/../shared}"   # tests that use the shared folder find it as in the repo
 cd "$work/enecg"
 bash .ci/setup
 . .venv/bin/activate

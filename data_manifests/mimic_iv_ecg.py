@@ -151,8 +151,9 @@ def _machine_measurements(path: Path, studies: np.ndarray) -> tuple[list[float |
     table = read_csv_table(path, ["study_id", "rr_interval", *report_columns])
     measured = table.integers("study_id")
     table.refuse_repeats("study_id", measured)
+    # a new array, not an in-place write: numbers() may hand back pandas' read-only buffer (pandas >= 3)
     rr = table.numbers("rr_interval")
-    rr[rr == RR_NOT_MEASURED] = np.nan
+    rr = np.where(rr == RR_NOT_MEASURED, np.nan, rr)
     lines = np.stack([table.text(c) for c in report_columns], axis=1)
     where = pd.Series(np.arange(len(measured)), index=measured).reindex(studies).to_numpy()
     rr_out, reports = [], []

@@ -63,7 +63,10 @@ PTBXL_TABLE_TASKS = {"age": "regression", "sex": "binary", "scp_all": "multilabe
 @dataclass
 class CsvTable:
     """Rows of one CSV file (or part of it) as text; parsing methods raise ManifestError naming the file,
-    the row (data rows count from 1 after the header, so row n is line n + 1) and the column."""
+    the row (data rows count from 1 after the header, so row n is line n + 1) and the column.
+
+    The arrays the parsing methods return may share pandas' memory, which pandas >= 3 (copy-on-write) marks
+    read-only: treat them as read-only and derive new arrays (np.where, ...) instead of writing into them."""
 
     path: Path
     frame: pd.DataFrame

@@ -16,7 +16,7 @@ from pipeline.corpus import open_corpus
 from pipeline.errors import StoreError
 from pipeline.manifests import read_manifest
 from pipeline.params import CORPUS
-from pipeline.splits import make_split
+from pipeline.splits import Split, make_split
 from pipeline.stores import strings
 from pipeline.tasks import Task, task_from_params, targets
 
@@ -37,16 +37,21 @@ class TaskData:
             yield fold, self.train[~held_out], held_out
 
 
-def load_task_data(params: dict, task_name: str, corpus_path: Path = CORPUS) -> TaskData:
-    task = task_from_params(task_name, params["task_definitions"])
+def corpus_split(params: dict, corpus_path: Path = CORPUS) -> tuple[zarr.Group, list, Split]:
+    """The corpus, its manifest records, and the split of its QC-passed rows (the same for every task)."""
     records = read_manifest(Path(params["data"]["manifest"]))
     corpus = open_corpus(corpus_path)
     if list(strings(corpus["record_id"])) != [record.record_id for record in records]:
         raise StoreError(f"{corpus_path} was prepared from another manifest than {params['data']['manifest']}; run `enecg prepare`")
+    folds = np.array([-1 if record.fold is None else record.fold for record in records])
+    return corpus, records, make_split(strings(corpus["subject_id"]), corpus["qc_ok"][:], params["split"], folds)
+
+
+def load_task_data(params: dict, task_name: str, corpus_path: Path = CORPUS) -> TaskData:
+    task = task_from_params(task_name, params["task_definitions"])
+    corpus, records, split = corpus_split(params, corpus_path)
     target, present = targets(task, records)
     subjects = strings(corpus["subject_id"])
-    folds = np.array([-1 if record.fold is None else record.fold for record in records])
-    split = make_split(subjects, corpus["qc_ok"][:], params["split"], folds)
     keep = present[split.train]
     train, fold_of_train = split.train[keep], split.fold_of_train[keep]
     test = split.test[present[split.test]]

@@ -21,10 +21,9 @@ sample, as in Time-Series-Library forecasting; the checkpoint is the model's bar
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,6 +32,7 @@ from torch import nn
 from pipeline.backbones import Backbone, InputSpec, load_state_dict_strict, load_torch_file, windows
 from pipeline.errors import CheckpointError, ManifestError
 from pipeline.progress import progress_bar
+from pipeline.seeding import seeded
 
 SEQ_LEN = 500
 INPUT_SPEC = InputSpec(
@@ -60,19 +60,6 @@ def shifted_pairs(
     length = series.shape[1]
     positions = (torch.arange(length, device=series.device) - shift[:, None]).clamp(min=0)
     return series[series_index[:, None], positions], series[series_index, length - shift]
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed torch and use deterministic algorithms inside the block, leaving the caller's RNG and flags as they were."""
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.use_deterministic_algorithms(True, warn_only=True)  # warn, not fail, on a GPU op that has none
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def load_checkpoint(model: nn.Module, path: Path, source: str) -> nn.Module:
@@ -123,8 +110,9 @@ def pretrain(
     The model maps series [n, SEQ_LEN] to their next sample [n] with `next_sample`. `signals` is
     [N, leads, T] float32 millivolts at 50 Hz; a record longer than `SEQ_LEN` is split into windows (see
     `pipeline.backbones.windows`), each window a series. `defaults` are the backbone's settings: epochs,
-    batch_size, lr (Adam), max_shift (pairs per series, see the module docstring), eval_windows (a fixed
-    sample of pairs on which the loss is measured before and after training) and device ("auto": CUDA
+    batch_size, lr (Adam), max_shift (pairs per series, see the module docstring), eval_windows (about this
+    many pairs, from whole series held out of training (one, or at most a fifth), on which the loss is measured
+    before and after training) and device ("auto": CUDA
     when available). The same seed gives the same weights on the same machine and thread count.
     Returns a JSON-able summary: sizes, the initial and final loss, the loss of repeating the last input
     sample (the trivial forecast to beat), and the mean training loss of every epoch.
@@ -149,10 +137,17 @@ def pretrain(
         model = make_model().to(device)
         optimiser = torch.optim.Adam(model.parameters(), lr=float(settings["lr"]))
         generator = torch.Generator().manual_seed(seed)
-        evaluation = torch.randperm(n_pairs, generator=generator)[: int(settings["eval_windows"])].to(device)
+        # Whole series are held out for the reported loss, so it is measured on pairs never trained on.
+        order = torch.randperm(len(series), generator=generator)
+        held_out = min(max(1, len(series) // 5), -(-int(settings["eval_windows"]) // max_shift)) if len(series) > 1 else 0
+        ids_of = lambda chosen: (chosen[:, None] * max_shift + torch.arange(max_shift)).reshape(-1)  # noqa: E731
+        evaluation, training = ids_of(order[:held_out]).to(device), ids_of(order[held_out:])
+        n_pairs = len(training)
 
         @torch.no_grad()
         def evaluation_loss(forecast: Callable[[torch.Tensor], torch.Tensor]) -> float:
+            if not len(evaluation):
+                return float("nan")  # a single series: nothing to hold out
             model.eval()
             total = 0.0
             for ids in evaluation.split(batch_size):
@@ -166,7 +161,7 @@ def pretrain(
             for _ in range(epochs):
                 model.train()
                 total = 0.0
-                for ids in torch.randperm(n_pairs, generator=generator).to(device).split(batch_size):
+                for ids in training[torch.randperm(n_pairs, generator=generator)].to(device).split(batch_size):
                     inputs, targets = pairs(ids)
                     loss = nn.functional.mse_loss(model.next_sample(inputs), targets)
                     optimiser.zero_grad()
@@ -182,6 +177,7 @@ def pretrain(
     return {
         "series": len(series),
         "windows": n_pairs,
+        "held_out_windows": len(evaluation),
         "max_shift": max_shift,
         "epochs": epochs,
         "parameters": sum(p.numel() for p in model.parameters()),

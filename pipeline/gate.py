@@ -1,10 +1,17 @@
-"""EnECG's mixture-of-experts gate: softmax weights over the experts from a subset of the raw leads.
+"""The mixture-of-experts gate: softmax weights over the experts from a raw lead subset and the experts' outputs.
 
-The gate sees the chosen leads (default lead II, as EnECG), resampled to a low rate and z-scored per
-record, optionally with the experts' own predictions appended; an MLP turns that into one weight per expert.
-The ensemble prediction is the weighted sum of the experts' predictions (values for regression,
-probabilities otherwise). It is trained on the heads' out-of-fold predictions, so it never sees a head's
-fit to its own training rows. Unlike EnECG's end-to-end LoRA gate, the gate is small and trained whole.
+    weights = softmax(mlp([encoder(leads), standardised expert outputs]))      prediction = sum_e weights_e * expert_e
+
+- The lead encoder is small and shift-invariant: 1-D convolutions over the configured leads at the gate's
+  rate (default lead II at 50 Hz, as EnECG), then global mean and max pooling, so a beat means the same
+  wherever it falls in the record. Each record's baseline is removed but its amplitude kept (in units of
+  the training rows' signal std): amplitude is part of what tells records apart.
+- The experts' outputs (logits for classification, values in target-std units for regression) may be
+  inputs too; `inputs` chooses [leads], [outputs], both, or none (a learned constant weighting).
+- The output layer starts at zero, so the gate starts as the plain mean, and early stopping scores that start.
+
+The ensemble prediction is the weighted sum of the experts' predictions (values for regression, probabilities
+otherwise: a proper mixture). The gate is trained on predictions no expert trained on (out-of-fold).
 """
 
 from __future__ import annotations
@@ -13,41 +20,71 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.heads import robust_std
 from pipeline.signals import resample
 from pipeline.tasks import Task, prediction_loss
-from pipeline.training import fit, seed_everything
+from pipeline.seeding import seeded
+from pipeline.training import fit, validation_split
 
 
-def lead_features(signals: np.ndarray, corpus_leads: list[str], leads: list[str], corpus_rate: float, rate: float) -> np.ndarray:
-    """[B, 12, L] corpus signals -> [B, len(leads) * T'] z-scored, downsampled gate input."""
+def lead_signals(signals: np.ndarray, corpus_leads: list[str], leads: list[str], corpus_rate: float, rate: float) -> np.ndarray:
+    """[B, 12, L] corpus signals -> [B, len(leads), T] the gate's leads at its rate, baseline (mean) removed."""
     chosen = resample(signals[:, [corpus_leads.index(lead) for lead in leads]], corpus_rate, rate)
-    mean = chosen.mean(axis=-1, keepdims=True)
-    std = chosen.std(axis=-1, keepdims=True) + 1e-6
-    return ((chosen - mean) / std).reshape(len(signals), -1).astype(np.float32)
+    return (chosen - chosen.mean(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def expert_features(task: Task, experts: np.ndarray, scale: float) -> np.ndarray:
+    """[B, E, K] expert predictions -> [B, E * K] gate inputs: logits (classification) or value / scale."""
+    if task.type == "regression":
+        values = experts / scale
+    else:
+        p = np.clip(experts, 1e-4, 1 - 1e-4)
+        values = np.log(p / (1 - p))
+    return values.reshape(len(experts), -1).astype(np.float32)
+
+
+class LeadEncoder(nn.Module):
+    """[B, leads, T] -> [B, 2 * channels]: strided and dilated convolutions, then global mean and max pooling."""
+
+    def __init__(self, n_leads: int, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv1d(n_leads, channels, 7, stride=2, padding=3), nn.ReLU(),
+            nn.Conv1d(channels, channels, 5, stride=2, padding=2), nn.ReLU(),
+            nn.Conv1d(channels, channels, 5, padding=4, dilation=2), nn.ReLU(),
+        )
+
+    def forward(self, leads: torch.Tensor) -> torch.Tensor:
+        h = self.net(leads)
+        return torch.cat([h.mean(-1), h.amax(-1)], dim=1)
 
 
 class Gate(nn.Module):
-    def __init__(self, in_dim: int, n_experts: int, hidden: int = 256):
+    def __init__(self, n_leads: int, n_outputs: int, n_experts: int, inputs: list[str], channels: int = 16, hidden: int = 64):
         super().__init__()
-        self.register_buffer("in_mean", torch.zeros(in_dim))
-        self.register_buffer("in_std", torch.ones(in_dim))
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, n_experts))
-        # Start as the plain mean (uniform weights): early stopping then moves away from it only as far as
-        # held-out subjects confirm.
-        nn.init.zeros_(self.net[2].weight)
-        nn.init.zeros_(self.net[2].bias)
+        self.inputs = list(inputs)
+        self.register_buffer("lead_scale", torch.ones(1))
+        self.register_buffer("out_mean", torch.zeros(n_outputs))
+        self.register_buffer("out_std", torch.ones(n_outputs))
+        self.encoder = LeadEncoder(n_leads, channels) if "leads" in self.inputs else None
+        features = (2 * channels if self.encoder else 0) + (n_outputs if "outputs" in self.inputs else 0)
+        if features:
+            self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, n_experts))
+            last = self.net[2]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        else:
+            self.constant = nn.Parameter(torch.zeros(n_experts))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Softmax weights [B, n_experts]."""
-        return torch.softmax(self.net((features - self.in_mean) / self.in_std), dim=-1)
-
-
-def gate_input(leads: np.ndarray, experts: np.ndarray, use_expert_outputs: bool) -> np.ndarray:
-    """Lead features, with the experts' predictions [B, E, K] flattened onto them when asked."""
-    if not use_expert_outputs:
-        return leads
-    return np.concatenate([leads, experts.reshape(len(experts), -1)], axis=1).astype(np.float32)
+    def forward(self, leads: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """Softmax weights [B, n_experts] from leads [B, L, T] and expert features [B, E * K]."""
+        parts = []
+        if self.encoder is not None:
+            parts.append(self.encoder(leads / self.lead_scale))
+        if "outputs" in self.inputs:
+            parts.append((outputs - self.out_mean) / self.out_std)
+        if not parts:
+            return torch.softmax(self.constant, dim=-1).expand(len(leads), -1)
+        return torch.softmax(self.net(torch.cat(parts, dim=1)), dim=-1)
 
 
 def combine(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
@@ -55,26 +92,31 @@ def combine(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     return torch.einsum("be,bek->bk", weights, experts)
 
 
-def fit_gate(task: Task, features: np.ndarray, experts: np.ndarray, target: np.ndarray, subjects: np.ndarray, settings: dict, scale: float) -> tuple[Gate, list[float]]:
+def fit_gate(
+    task: Task, leads: np.ndarray, features: np.ndarray, experts: np.ndarray, target: np.ndarray, subjects: np.ndarray,
+    settings: dict, scale: float, inputs: list[str],
+) -> tuple[Gate, dict[str, list[float]]]:
     """Train the gate so that the weighted sum of the experts' out-of-fold predictions fits the target."""
     seed = int(settings["seed"])
-    seed_everything(seed)
-    x = torch.from_numpy(features)
-    gate = Gate(x.shape[1], experts.shape[1], int(settings["hidden"]))
-    gate.in_mean.copy_(x.mean(0))
-    gate.in_std.copy_(robust_std(x))
-    history = fit(
-        gate,
-        (x, torch.from_numpy(experts.astype(np.float32)), torch.from_numpy(target)),
-        lambda g, xb, eb, yb: prediction_loss(task, combine(g(xb), eb), yb, scale),
-        settings,
-        seed,
-        subjects,
-    )
+    with seeded(seed):
+        gate = Gate(leads.shape[1], features.shape[1], experts.shape[1], inputs, int(settings.get("channels", 16)), int(settings["hidden"]))
+        lead_tensor, feature_tensor = torch.from_numpy(leads), torch.from_numpy(features)
+        split = validation_split(subjects, float(settings.get("val_fraction", 0.0)), seed)
+        gate.lead_scale.fill_(float(lead_tensor[split[0]].std()) or 1.0)
+        gate.out_mean.copy_(feature_tensor[split[0]].mean(0))
+        gate.out_std.copy_(feature_tensor[split[0]].std(0).clamp_min(1e-3) if len(split[0]) > 1 else torch.ones(features.shape[1]))
+        history = fit(
+            gate,
+            (lead_tensor, feature_tensor, torch.from_numpy(experts.astype(np.float32)), torch.from_numpy(target)),
+            lambda g, lb, fb, eb, yb: prediction_loss(task, combine(g(lb, fb), eb), yb, scale),
+            settings,
+            seed,
+            split,
+        )
     return gate, history
 
 
 @torch.inference_mode()
-def gate_weights(gate: Gate, features: np.ndarray) -> np.ndarray:
+def gate_weights(gate: Gate, leads: np.ndarray, features: np.ndarray) -> np.ndarray:
     gate.eval()
-    return gate(torch.from_numpy(features)).numpy()
+    return gate(torch.from_numpy(leads), torch.from_numpy(features)).numpy()

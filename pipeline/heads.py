@@ -1,15 +1,25 @@
-"""EnECG's expert heads: a FFN on one backbone's cached embedding, adapted with LoRA (peft).
+"""The expert heads: a linear probe plus EnECG's LoRA-adapted FFN as a correction, on one backbone's embedding.
 
-The head is EnECG's Linear-ReLU-Linear-ReLU-Linear (hidden 256). As in EnECG the FFN's own weights stay at
-their random initialisation and only LoRA adapters on its Linear layers are trained, so a head is its base
-weights plus its adapter: both are saved (the adapter alone cannot be put back on another random base).
-The embedding is standardised with the training rows' mean and std (buffers of the base), and a regression
-target is learnt standardised (its mean and std are buffers too), so one learning rate suits every backbone.
+    output(x) = probe(z) + ffn_lora(z) + bias,   z = (x - mean) / std   (training rows' statistics)
+
+- `probe` is fitted in closed form first (pipeline.probe: ridge, penalty by leave-one-out; Platt-scaled to
+  logits for classification) on the rows the head trains on, and then frozen: preview linear probing, after
+  the ECGFounder post-training study.
+- `ffn` is EnECG's Linear-ReLU-Linear-ReLU-Linear (hidden 256). As in EnECG its base weights stay at their
+  seeded random initialisation and only LoRA adapters (peft) on its Linear layers train. Unlike EnECG the
+  base of the last layer is zero, so the correction starts at exactly zero and the head starts exactly at
+  its probe; `bias` is a trainable per-label intercept (LoRA has none).
+- Early stopping scores the start (see pipeline.training.fit) on subjects neither the probe nor the FFN
+  trained on, so a head ends no worse than its probe on held-out subjects, in its own loss.
+
+A head is saved as its base (scalers, probe, frozen FFN, bias; safetensors) plus its adapter (peft's format).
+A regression target is learnt standardised (its mean and std are buffers), so one learning rate suits all.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +28,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.probe import fit_probe
 from pipeline.tasks import Task, head_loss, to_prediction
-from pipeline.training import fit, seed_everything
+from pipeline.seeding import seeded
+from pipeline.training import fit, validation_split
 
 
 def robust_std(x: torch.Tensor) -> torch.Tensor:
@@ -39,13 +51,18 @@ class Head(nn.Module):
         self.register_buffer("x_std", torch.ones(in_dim))
         self.register_buffer("y_mean", torch.zeros(out_dim))
         self.register_buffer("y_std", torch.ones(out_dim))
+        self.probe = nn.Linear(in_dim, out_dim)
         self.ffn = nn.Sequential(
             nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim)
         )
+        nn.init.zeros_(self.ffn[4].weight)
+        nn.init.zeros_(self.ffn[4].bias)
+        self.bias = nn.Parameter(torch.zeros(out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Raw outputs: logits, or the standardised value for regression."""
-        return self.ffn((x - self.x_mean) / self.x_std)
+        z = (x - self.x_mean) / self.x_std
+        return self.probe(z) + self.ffn(z) + self.bias
 
 
 def _lora_config(settings: dict) -> LoraConfig:
@@ -54,26 +71,67 @@ def _lora_config(settings: dict) -> LoraConfig:
         r=int(lora["r"]),
         lora_alpha=int(lora["alpha"]),
         lora_dropout=float(lora["dropout"]),
-        target_modules=[f"ffn.{index}" for index in lora["target_layers"]],
+        # a regex, not a list: peft saves a list as a set, in an order that changes from process to process,
+        # and DVC would then see a changed head on every rerun
+        target_modules=rf"ffn\.({'|'.join(str(index) for index in sorted(lora['target_layers']))})",
         bias="none",
     )
 
 
-def fit_head(task: Task, embeddings: np.ndarray, target: np.ndarray, subjects: np.ndarray, settings: dict, seed: int) -> tuple[PeftModel, list[float]]:
-    """A fresh head (seeded base) with a LoRA adapter, trained on these rows (early-stopped on held-out subjects)."""
-    seed_everything(seed)
-    head = Head(embeddings.shape[1], task.out_dim, int(settings["hidden"]))
-    x = torch.from_numpy(embeddings.astype(np.float32))
-    head.x_mean.copy_(x.mean(0))
-    head.x_std.copy_(robust_std(x))
-    y = torch.from_numpy(target)
+@dataclass
+class FittedHead:
+    model: PeftModel
+    probe: Head  # the head as it started: probe only, correction zero
+    history: dict[str, list[float]]
+
+
+def fit_head(task: Task, embeddings: np.ndarray, target: np.ndarray, subjects: np.ndarray, settings: dict, seed: int) -> FittedHead:
+    """A fresh head (seeded base) started at its probe, then LoRA-trained (early-stopped on held-out subjects).
+
+    The probe and the FFN train on the same rows; a `val_fraction` of the subjects is held out of both, for
+    early stopping only.
+    """
+    with seeded(seed):
+        head = Head(embeddings.shape[1], task.out_dim, int(settings["hidden"]))
+        x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
+        train, validation = validation_split(subjects, float(settings.get("val_fraction", 0.0)), seed)
+        head.x_mean.copy_(x[train].mean(0))
+        head.x_std.copy_(robust_std(x[train]))
+        y = torch.from_numpy(np.asarray(target))
+        if task.type == "regression":
+            head.y_mean.fill_(float(y[train].mean()))
+            head.y_std.fill_(float(y[train].std().clamp_min(1e-6)) if len(train) > 1 else 1.0)
+            y = (y - head.y_mean[0]) / head.y_std[0]
+        with torch.no_grad():
+            if settings.get("probe", True):
+                weight, bias = fit_probe(task, ((x[train] - head.x_mean) / head.x_std).numpy(), y[train].numpy())
+            else:  # no probe: the head starts at the training prior (mean value, base rate), as a constant
+                weight, bias = np.zeros((task.out_dim, x.shape[1])), _prior(task, y[train].numpy())
+            head.probe.weight.copy_(torch.from_numpy(weight))
+            head.probe.bias.copy_(torch.from_numpy(bias))
+        head.requires_grad_(False)
+        probe = _copy(head)
+        model = get_peft_model(head, _lora_config(settings))
+        model.get_base_model().bias.requires_grad_(True)
+        history = fit(model, (x, y), lambda m, xb, yb: head_loss(task, m(xb), yb), settings, seed, (train, validation))
+    return FittedHead(model, probe, history)
+
+
+def _prior(task: Task, y: np.ndarray) -> np.ndarray:
     if task.type == "regression":
-        head.y_mean.fill_(float(y.mean()))
-        head.y_std.fill_(float(y.std().clamp_min(1e-6)))
-        y = (y - head.y_mean[0]) / head.y_std[0]
-    model = get_peft_model(head, _lora_config(settings))
-    history = fit(model, (x, y), lambda m, xb, yb: head_loss(task, m(xb), yb), settings, seed, subjects)
-    return model, history
+        return np.zeros(1)
+    if task.type == "multiclass":
+        counts = np.bincount(y, minlength=task.out_dim) + 0.5
+        return np.log(counts / counts.sum())
+    rate = (y.reshape(len(y), -1).mean(0) * len(y) + 0.5) / (len(y) + 1)
+    return np.log(rate / (1 - rate))
+
+
+def _copy(head: Head) -> Head:
+    shape = head.probe.weight.shape
+    copy = Head(shape[1], shape[0], head.ffn[0].out_features)
+    copy.load_state_dict(head.state_dict())
+    return copy.eval()
 
 
 @torch.inference_mode()
@@ -81,19 +139,19 @@ def predict(task: Task, model: nn.Module, embeddings: np.ndarray) -> np.ndarray:
     """Predictions in the ensemble's space (value, or probabilities) for [N, D] embeddings."""
     model.eval()
     head = model.get_base_model() if isinstance(model, PeftModel) else model
-    raw = model(torch.from_numpy(embeddings.astype(np.float32)))
+    raw = model(torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)))
     if task.type == "regression":
         raw = raw * head.y_std + head.y_mean
     return to_prediction(task, raw).numpy()
 
 
-def save_head(model: PeftModel, base_state: dict[str, torch.Tensor], directory: Path) -> None:
-    """Base weights (as initialised, with the scalers) + the LoRA adapter (peft's own format)."""
+def save_head(model: PeftModel, directory: Path) -> None:
+    """Base weights (scalers, probe, frozen FFN, trained bias) + the LoRA adapter (peft's own format)."""
     directory.mkdir(parents=True, exist_ok=True)
     head = model.get_base_model()
-    shape = {"in_dim": head.ffn[0].in_features, "out_dim": head.ffn[4].out_features, "hidden": head.ffn[0].out_features}
+    shape = {"in_dim": head.probe.in_features, "out_dim": head.probe.out_features, "hidden": head.ffn[0].out_features}
     (directory / "head.json").write_text(json.dumps(shape))
-    save_file({k: v.contiguous() for k, v in base_state.items()}, str(directory / "base.safetensors"))
+    save_file({k: v.contiguous() for k, v in base_state(model).items()}, str(directory / "base.safetensors"))
     model.save_pretrained(str(directory / "adapter"))
 
 

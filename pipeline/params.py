@@ -1,7 +1,14 @@
-"""params.yaml (DVC's params file): loading, and the fixed artifact layout every stage agrees on."""
+"""params.yaml (DVC's params file): loading, validation, and the fixed artifact layout every stage agrees on.
+
+Every field a stage will use is checked when the file is loaded, before any heavy work: a fold list that is
+not a list of integers, an unknown task, backbone or lead, a class list with duplicates, a fraction outside
+(0, 1) is an error naming `params.yaml`, the key and what was expected. A mistake found after hours of
+extraction is a mistake found too late.
+"""
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 import yaml
@@ -9,8 +16,12 @@ import yaml
 from pipeline.errors import ManifestError
 
 REQUIRED = ("data", "prepare", "backbones", "extract", "tasks", "task_definitions", "split", "heads", "gate", "evaluate")
+SPLIT_METHODS = ("subject", "fold")
+GATE_INPUTS = ("leads", "outputs")
+GATE_ABLATIONS = ("constant", "outputs", "leads", "leads+outputs")
 
 CORPUS = Path("corpus.zarr")
+DEMO_ROOT = Path("data/demo")  # the demo corpus's own folder: never the user's data root
 
 
 def embeddings_path(backbone: str) -> Path:
@@ -33,8 +44,160 @@ def plots_path(task: str) -> Path:
     return Path("plots") / task / "predictions.csv"
 
 
+class _Checker:
+    """Reads values out of the params mapping by dotted key, raising an error that names file, key and expectation."""
+
+    def __init__(self, params: dict, source: Path):
+        self.params, self.source = params, source
+
+    def fail(self, key: str, expected: str, value) -> None:
+        raise ManifestError(f"{self.source}: {key}: expected {expected}, got {value!r}")
+
+    def get(self, key: str, default=...):
+        node = self.params
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                if default is ...:
+                    raise ManifestError(f"{self.source}: {key}: missing (see the project's params.yaml for an example)")
+                return default
+            node = node[part]
+        return node
+
+    def number(self, key: str, low: float | None = None, high: float | None = None, integer: bool = False, default=..., open_low: bool = False):
+        value = self.get(key, default)
+        kind = numbers.Integral if integer else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind):
+            self.fail(key, "an integer" if integer else "a number", value)
+        if (low is not None and (value < low or (open_low and value == low))) or (high is not None and value > high):
+            bounds = f"{'(' if open_low else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+            self.fail(key, f"{'an integer' if integer else 'a number'} in {bounds}", value)
+        return value
+
+    def choice(self, key: str, options, default=...):
+        value = self.get(key, default)
+        if value not in options:
+            self.fail(key, f"one of {list(options)}", value)
+        return value
+
+    def names(self, key: str, allowed=None, nonempty: bool = True, default=...) -> list:
+        value = self.get(key, default)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) or (nonempty and not value):
+            self.fail(key, f"a {'non-empty ' if nonempty else ''}list of names, e.g. [a, b]", value)
+        if len(set(value)) != len(value):
+            self.fail(key, "names without duplicates", value)
+        unknown = [v for v in value if allowed is not None and v not in allowed]
+        if unknown:
+            self.fail(key, f"names drawn from {sorted(allowed)}", unknown)
+        return value
+
+    def integers(self, key: str, default=...) -> list:
+        value = self.get(key, default)
+        if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            self.fail(key, "a non-empty list of integers, e.g. [1, 2, 3, 4, 5, 6, 7, 8]", value)
+        return value
+
+    def boolean(self, key: str, default=...) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(key, "true or false", value)
+        return value
+
+    def text(self, key: str, default=...) -> str:
+        value = self.get(key, default)
+        if not isinstance(value, str) or not value:
+            self.fail(key, "a non-empty string", value)
+        return value
+
+
+def _check_training(check: _Checker, section: str) -> None:
+    """The minibatch-training settings heads and the gate share."""
+    check.number(f"{section}.hidden", 1, integer=True)
+    check.number(f"{section}.epochs", 0, integer=True)
+    check.number(f"{section}.lr", 0, open_low=True)
+    check.number(f"{section}.batch_size", 1, integer=True)
+    check.number(f"{section}.weight_decay", 0)
+    check.number(f"{section}.val_fraction", 0, 0.9)
+    check.number(f"{section}.patience", 1, integer=True)
+    check.number(f"{section}.seed", integer=True)
+
+
+def validate(params: dict, source: Path = Path("params.yaml")) -> dict:
+    """Check every field the stages use; returns `params` unchanged (errors name the file and the key)."""
+    from pipeline.backbones import LEADS_12, list_backbones  # the registry imports torch: only here
+    from pipeline.tasks import task_from_params
+
+    check = _Checker(params, source)
+    missing = [section for section in REQUIRED if section not in params]
+    if missing:
+        raise ManifestError(f"{source}: missing sections {missing}")
+    check.text("data.manifest")
+    check.text("data.root")
+    check.number("prepare.sampling_rate", 0, integer=True, open_low=True)
+    seconds = check.number("prepare.seconds", 0, open_low=True)
+    check.number("prepare.min_seconds", 0, seconds, open_low=True)
+    check.number("prepare.flat_threshold_mv", 0)
+    check.number("prepare.chunk_records", 1, integer=True)
+    check.number("prepare.workers", 1, integer=True)
+    check.choice("prepare.scheduler", ("threads", "processes"))
+    backbones = check.names("backbones", {config.name for config in list_backbones()})
+    check.number("extract.batch_size", 1, integer=True)
+    check.number("extract.chunk_records", 1, integer=True)
+    device = check.text("extract.device", "auto")
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        check.fail("extract.device", "auto, cpu, cuda or cuda:N", device)
+
+    definitions = check.get("task_definitions")
+    if not isinstance(definitions, dict):
+        check.fail("task_definitions", "a mapping of task name -> {type, label, classes}", definitions)
+    for name in definitions:
+        task = task_from_params(name, definitions)  # type, and at least two classes where classes are needed
+        check.text(f"task_definitions.{name}.label", name)
+        if task.classes:
+            check.names(f"task_definitions.{name}.classes")
+    check.names("tasks", set(definitions))
+
+    method = check.choice("split.method", SPLIT_METHODS)
+    if method == "subject":
+        check.number("split.test_fraction", 0, 1, open_low=True)
+    else:
+        train, test = check.integers("split.train_folds"), check.integers("split.test_folds")
+        if set(train) & set(test):
+            check.fail("split.test_folds", "folds that are not also train_folds", sorted(set(train) & set(test)))
+    check.number("split.k", 2, integer=True)
+    check.number("split.seed", integer=True)
+
+    _check_training(check, "heads")
+    check.boolean("heads.probe", True)
+    check.number("heads.lora.r", 1, integer=True)
+    check.number("heads.lora.alpha", 0, open_low=True)
+    check.number("heads.lora.dropout", 0, 0.9)
+    layers = check.integers("heads.lora.target_layers")
+    if not set(layers) <= {0, 2, 4}:
+        check.fail("heads.lora.target_layers", "indices of the FFN's Linear layers, drawn from [0, 2, 4]", layers)
+
+    _check_training(check, "gate")
+    check.names("gate.leads", set(LEADS_12))
+    check.number("gate.sampling_rate", 0, params["prepare"]["sampling_rate"], open_low=True)
+    check.names("gate.inputs", set(GATE_INPUTS), nonempty=False, default=list(GATE_INPUTS))
+    check.names("gate.ablations", set(GATE_ABLATIONS), nonempty=False, default=[])
+    check.number("gate.channels", 1, integer=True, default=16)
+
+    check.number("evaluate.bootstrap", 0, integer=True)
+    check.number("evaluate.confidence", 0, 1, open_low=True)
+    check.number("evaluate.seed", integer=True)
+
+    for name, settings in (params.get("pretrain") or {}).items():
+        if name not in backbones:
+            continue
+        if not isinstance(settings, dict):
+            check.fail(f"pretrain.{name}", "a mapping of settings", settings)
+        check.number(f"pretrain.{name}.max_records", 1, integer=True, default=1)
+        check.number(f"pretrain.{name}.seed", integer=True, default=0)
+    return params
+
+
 def load_params(path: Path = Path("params.yaml")) -> dict:
-    """The params file as a dict, with its required sections checked (errors name the file and section)."""
+    """The params file as a dict, every field a stage uses validated (errors name the file and the key)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path} does not exist; run enecg from the project folder that holds params.yaml")
@@ -44,10 +207,4 @@ def load_params(path: Path = Path("params.yaml")) -> dict:
         raise ManifestError(f"{path}: invalid YAML: {error}") from None
     if not isinstance(params, dict):
         raise ManifestError(f"{path}: expected a mapping of sections, got {type(params).__name__}")
-    missing = [section for section in REQUIRED if section not in params]
-    if missing:
-        raise ManifestError(f"{path}: missing sections {missing}")
-    unknown = [task for task in params["tasks"] if task not in params["task_definitions"]]
-    if unknown:
-        raise ManifestError(f"{path}: tasks {unknown} are not defined under task_definitions")
-    return params
+    return validate(params, path)

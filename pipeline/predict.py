@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from pipeline.backbones import LEADS_12, build_backbone
-from pipeline.ensemble import load_expert_heads, load_gate, moe_predict
 from pipeline.errors import RecordError
+from pipeline.experts import load_expert_heads
 from pipeline.extract import backbone_inputs, embed_batches
-from pipeline.gate import lead_features
+from pipeline.gate import lead_signals
 from pipeline.heads import predict as head_predict
+from pipeline.moe import load_gates, moe_predict
 from pipeline.params import gate_dir, head_dir
 from pipeline.signals import QCSettings, load_canonical
 from pipeline.tasks import Task
@@ -45,7 +46,7 @@ def predict_records(paths: list[Path], tasks: list[Task], settings: QCSettings, 
     embeddings: dict[str, np.ndarray] = {}
     results = []
     for task in tasks:
-        gate, config = load_gate(gate_dir(task.name))
+        gates, config = load_gates(gate_dir(task.name))
         experts = []
         for backbone in config["experts"]:
             if backbone not in embeddings:
@@ -53,8 +54,8 @@ def predict_records(paths: list[Path], tasks: list[Task], settings: QCSettings, 
                 inputs = backbone_inputs(signals, settings.sampling_rate, leads, model)
                 embeddings[backbone] = embed_batches(model, inputs, 32, torch.device(device))["embedding"]
             heads = load_expert_heads(head_dir(task.name, backbone))
-            experts.append(np.mean([head_predict(task, head, embeddings[backbone]) for head in heads], axis=0))
-        gate_leads = lead_features(signals, leads, list(config["settings"]["leads"]), settings.sampling_rate, float(config["settings"]["sampling_rate"]))
-        _, moe = moe_predict(gate, config, gate_leads, np.stack(experts, axis=1))
+            experts.append(np.stack([head_predict(task, head, embeddings[backbone]) for head in heads]))
+        gate_leads = lead_signals(signals, leads, list(config["settings"]["leads"]), settings.sampling_rate, float(config["settings"]["sampling_rate"]))
+        _, moe = moe_predict(task, gates["moe"], config, gate_leads, np.stack(experts, axis=2))
         results += [Prediction(name, task.name, value) for name, value in zip(names, moe)]
     return results + excluded

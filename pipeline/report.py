@@ -17,12 +17,17 @@ def show_table(title: str, columns: list[str], rows: list[list]) -> None:
 
 
 def show_metrics(report: dict) -> None:
-    """One row per metric, one column per model (each expert, the plain mean, the MoE): value and 95% interval."""
-    models = report["models"]
-    metrics = list(next(iter(models.values())))
+    """One row per metric; a column per candidate (probes, experts, mean, MoE, ablations) and per paired
+    difference (MoE - best expert, MoE - mean): the value and its bootstrap interval."""
+    columns = {**report["models"], **report["paired"]}
+    metrics = list(next(iter(columns.values())))
     rows = [
-        [metric, *[f"{m[metric]['value']:.4g}\n[{m[metric]['low']:.3g}, {m[metric]['high']:.3g}]" for m in models.values()]]
+        [metric, *[f"{c[metric]['value']:.4g}\n[{c[metric]['low']:.3g}, {c[metric]['high']:.3g}]" for c in columns.values()]]
         for metric in metrics
     ]
-    columns = [name.removeprefix("expert:") for name in models]
-    show_table(f"{report['task']} ({report['type']}): test n={report['n_test']}, bootstrap 95% CI", ["metric", *columns], rows)
+    boot = report["bootstrap"]
+    title = (
+        f"{report['task']} ({report['type']}): test n={report['n_test']} records of {boot['subjects']} subjects; "
+        f"{boot['confidence']:.0%} CI from {boot['resamples_used']}/{boot['resamples']} subject resamples; best expert {report['best_expert']}"
+    )
+    show_table(title, ["metric", *columns], rows)

@@ -9,12 +9,6 @@ import torch
 from sklearn.model_selection import GroupShuffleSplit
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch's global RNG (layer initialisation, dropout) and ask for deterministic kernels."""
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
 def validation_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) positions with no subject on both sides; no validation when there are too few subjects."""
     positions = np.arange(len(groups))
@@ -30,22 +24,35 @@ def fit(
     loss: Callable[..., torch.Tensor],
     settings: dict,
     seed: int,
-    groups: np.ndarray,
-) -> list[float]:
+    split: tuple[np.ndarray, np.ndarray],
+) -> dict[str, list[float]]:
     """Train the model's trainable parameters with AdamW; `loss(model, *batch)` sees one minibatch.
 
-    `settings` gives epochs, lr, batch_size, weight_decay, and `val_fraction`/`patience`: that fraction of
-    the subjects (`groups`) is held out, and training stops when its loss has not improved for `patience`
-    epochs; the best epoch's weights are kept. Returns the training loss of each epoch. The batch order
-    comes from a generator seeded with `seed`, so the same data and seed give the same weights on the CPU.
+    `split` is (train, validation) positions (see `validation_split`). `settings` gives epochs, lr,
+    batch_size, weight_decay and patience: training stops when the held-out loss has not improved for
+    `patience` epochs, and the best weights are kept. The starting point is scored too (epoch 0), so a model
+    that starts from something good (a probe, the plain mean) never ends worse than it on held-out subjects.
+    Returns {"train": [...], "validation": [...]} losses per epoch (validation[0] is the start). The batch
+    order comes from a generator seeded with `seed`, so the same data and seed give the same weights on the CPU.
     """
-    train, validation = validation_split(groups, float(settings.get("val_fraction", 0.0)), seed)
+    train, validation = split
     generator = torch.Generator().manual_seed(seed)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=float(settings["lr"]), weight_decay=float(settings.get("weight_decay", 0.0)))
     batch_size, patience = int(settings["batch_size"]), int(settings.get("patience", 10))
     held_out = [tensor[validation] for tensor in inputs]
-    best, best_state, waited, history = float("inf"), None, 0, []
+
+    def validation_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(loss(model, *held_out))
+
+    history = {"train": [], "validation": []}
+    best, best_state, waited = float("inf"), None, 0
+    if len(validation):
+        best = validation_loss()
+        best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+        history["validation"].append(best)
     for _ in range(int(settings["epochs"])):
         model.train()
         order = torch.from_numpy(train)[torch.randperm(len(train), generator=generator)]
@@ -57,11 +64,10 @@ def fit(
             value.backward()
             optimiser.step()
             total += float(value.detach()) * len(batch)
-        history.append(total / len(order))
+        history["train"].append(total / max(len(order), 1))
         if len(validation):
-            model.eval()
-            with torch.no_grad():
-                current = float(loss(model, *held_out))
+            current = validation_loss()
+            history["validation"].append(current)
             if current < best - 1e-6:
                 best, waited = current, 0
                 best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}

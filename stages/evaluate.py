@@ -4,7 +4,7 @@ and the per-record test predictions -> plots/TASK/predictions.csv."""
 import csv
 
 from pipeline.dataset import load_task_data
-from pipeline.ensemble import evaluate_task
+from pipeline.evaluation import evaluate_task
 from pipeline.params import metrics_path, plots_path
 from pipeline.report import show_metrics
 from pipeline.stores import atomic_path, write_json

@@ -1,7 +1,8 @@
-"""Stage `fit_gate`: the MoE gate of one task, trained on the experts' out-of-fold predictions -> gates/TASK/."""
+"""Stage `fit_gate`: the MoE gate of one task (and its ablations), trained on the experts' out-of-fold
+predictions -> gates/TASK/."""
 
 from pipeline.dataset import load_task_data
-from pipeline.ensemble import fit_task_gate, save_gate
+from pipeline.moe import fit_task_gates, save_gates
 from pipeline.params import gate_dir
 from pipeline.stores import provenance
 
@@ -9,6 +10,6 @@ from pipeline.stores import provenance
 def run(params: dict, task: str) -> dict:
     data = load_task_data(params, task)
     backbones = list(params["backbones"])
-    gate, history, scale = fit_task_gate(data, backbones, params["gate"])
-    save_gate(gate, gate_dir(task), backbones, params["gate"], scale, {"train_losses": history, "provenance": provenance(gate=params["gate"], split=params["split"])})
-    return {"task": task, "experts": backbones, "final_loss": history[-1]}
+    gates, config = fit_task_gates(data, backbones, params["gate"])
+    save_gates(gates, config, gate_dir(task), {"provenance": provenance(gate=params["gate"], split=params["split"])})
+    return {"task": task, "experts": backbones, "gates": list(gates), "epochs": {name: len(v["history"]["train"]) for name, v in config["variants"].items()}}

@@ -1,7 +1,7 @@
 """Stage `fit_heads`: one task x one backbone -> heads/TASK/BACKBONE/ (k fold heads + out-of-fold predictions)."""
 
 from pipeline.dataset import load_task_data
-from pipeline.ensemble import fit_expert, save_expert
+from pipeline.experts import fit_expert, save_expert
 from pipeline.extract import open_embeddings
 from pipeline.params import embeddings_path, head_dir
 from pipeline.stores import provenance
@@ -13,4 +13,4 @@ def run(params: dict, task: str, model: str) -> dict:
     fit = fit_expert(data, store["embedding"], params["heads"])
     meta = {"task": task, "backbone": model, "provenance": provenance(embeddings=store.attrs["provenance"], heads=params["heads"], split=params["split"])}
     save_expert(fit, data, head_dir(task, model), meta)
-    return {"task": task, "backbone": model, "train": len(data.train), "test": len(data.test), "final_losses": [h[-1] for h in fit.losses]}
+    return {"task": task, "backbone": model, "train": len(data.train), "test": len(data.test), "epochs": [len(h["train"]) for h in fit.histories]}

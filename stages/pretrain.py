@@ -5,19 +5,19 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.backbones import default_checkpoint, get_config, get_pretrainer
-from pipeline.corpus import open_corpus
+from pipeline.dataset import corpus_split
 from pipeline.extract import to_spec
-from pipeline.params import CORPUS
 from pipeline.stores import write_json
 
 
 def run(params: dict, model: str) -> dict:
-    """Pretrain on up to `max_records` QC-passed records (a seeded subsample): labels are never read."""
+    """Pretrain on up to `max_records` records of the training split (a seeded subsample): labels are never
+    read, and no test record is ever seen, so a test record's embedding is as new to the backbone as a user's."""
     settings = dict(params.get("pretrain", {}).get(model) or {})
     seed = int(settings.pop("seed", 0))
     pretrain = get_pretrainer(model)
-    corpus = open_corpus(CORPUS)
-    rows = np.flatnonzero(corpus["qc_ok"][:])
+    corpus, _, split = corpus_split(params)
+    rows = np.sort(split.train)
     limit = int(settings.pop("max_records", len(rows)))
     if len(rows) > limit:
         rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
@@ -25,5 +25,5 @@ def run(params: dict, model: str) -> dict:
     out = default_checkpoint(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = pretrain(signals, out, settings, seed)
-    write_json(out.parent / "pretrain.json", {"records": len(rows), "settings": settings, "seed": seed, "summary": summary})
+    write_json(out.parent / "pretrain.json", {"records": len(rows), "split": "train", "settings": settings, "seed": seed, "summary": summary})
     return summary

@@ -1,19 +1,19 @@
-"""Shared test helpers: where ../shared is, and a skip with a clear reason where it is absent."""
+"""Shared test helpers: where the shared folder is ($ENECG_SHARED, else ../shared beside the checkout), and a
+skip with a clear reason where it is absent."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures" / "backbones"
-DATA = SHARED / "data"
+from tests.shared_dir import DATA, FIXTURES, SHARED  # noqa: F401  (the one definition, also used by benchmarks/)
 
 
 def need_shared(path: Path) -> Path:
     """Return `path`, or skip the test: the real data lives beside the project, not in a user's clone."""
     if not path.exists():
-        pytest.skip(f"{path} is absent: this test needs the shared real-data/fixture folder beside the checkout")
+        pytest.skip(f"{path} is absent: this test needs the shared real-data/fixture folder "
+                    "(set ENECG_SHARED to it, or put it at ../shared beside the checkout)")
     return path
 
 

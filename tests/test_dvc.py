@@ -1,6 +1,9 @@
 """`dvc repro` reruns exactly what changed: nothing twice, only the gate for a gate param, never a backbone for a
-head param, and only the new backbone when one is added. Runs the real dvc.yaml on a tiny demo corpus."""
+head param, only the stages that run an edited module, and only the new backbone when one is added. Runs the
+real dvc.yaml on a tiny corpus that lives outside the project, as a user's does, and checks that nothing DVC
+runs ever touches it."""
 
+import hashlib
 import os
 import re
 import shutil
@@ -10,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from pipeline.demo import make_demo_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -29,15 +34,37 @@ def edit_params(folder: Path, change) -> None:
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
 
 
+def touch_module(folder: Path, module: str) -> None:
+    """Edit a module of the project copy (a comment: the code the stages run is unchanged)."""
+    with open(folder / module, "a") as handle:
+        handle.write("# edited\n")
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file under `folder`: its sha256 and mtime (ns)."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 @pytest.fixture(scope="module")
-def dvc_project(tmp_path_factory):
+def user_data(tmp_path_factory):
+    """A user's corpus outside the project: WFDB records, a manifest and a marker file nobody may touch."""
+    folder = tmp_path_factory.mktemp("user-data")
+    make_demo_corpus(folder, subjects=12, records_per_subject=2, seed=1, workers=1)
+    (folder / "DO-NOT-TOUCH.txt").write_text("the user's own file\n")
+    return folder, snapshot(folder)
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory, user_data):
     folder = tmp_path_factory.mktemp("dvc")
-    for name in ("dvc.yaml", "pipeline"):
+    for name in ("dvc.yaml", "pipeline", "stages"):
         source = ROOT / name
         (shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__")) if source.is_dir() else shutil.copy(source, folder / name))
+    data, _ = user_data
 
     def tiny(params):
-        params["demo"].update(subjects=12, records_per_subject=2)
+        params["data"] = {"manifest": str(data / "manifest.jsonl"), "root": str(data)}
+        params["demo"].update(subjects=4, records_per_subject=1)
         params["backbones"] = ["dlinear"]
         params["pretrain"] = {"dlinear": {**params["pretrain"]["dlinear"], "epochs": 1, "max_records": 24}}
         params["tasks"] = ["rr_interval"]
@@ -51,9 +78,10 @@ def dvc_project(tmp_path_factory):
     return folder
 
 
-def test_repro_reruns_only_what_changed(dvc_project):
+def test_repro_reruns_only_what_changed_and_never_touches_the_users_data(dvc_project, user_data):
     first = repro(dvc_project)
     assert {"demo_data", "prepare", "pretrain@dlinear", "extract@dlinear", "fit_gate@rr_interval"} <= first
+    assert (dvc_project / "data" / "demo" / "manifest.jsonl").exists()  # the demo writes only its own folder
 
     assert repro(dvc_project) == set(), "a second repro must do nothing"
 
@@ -63,6 +91,14 @@ def test_repro_reruns_only_what_changed(dvc_project):
     edit_params(dvc_project, lambda p: p["heads"].update(lr=0.003))
     assert repro(dvc_project) == {"fit_heads@rr_interval-dlinear", "fit_gate@rr_interval", "evaluate@rr_interval"}
 
+    # an edited stage-two module reruns exactly the stages that run it (an unchanged result stops there)
+    touch_module(dvc_project, "pipeline/metrics.py")
+    assert repro(dvc_project) == {"evaluate@rr_interval"}
+    touch_module(dvc_project, "pipeline/gate.py")
+    assert repro(dvc_project) == {"fit_gate@rr_interval", "evaluate@rr_interval"}
+    touch_module(dvc_project, "pipeline/heads.py")
+    assert repro(dvc_project) == {"fit_heads@rr_interval-dlinear"}
+
     def add_minirocket(params):
         params["backbones"].append("minirocket")
         params["pretrain"]["minirocket"] = {"max_records": 24, "max_fit_records": 24, "seed": 0}
@@ -71,3 +107,6 @@ def test_repro_reruns_only_what_changed(dvc_project):
     ran = repro(dvc_project)
     assert {"pretrain@minirocket", "extract@minirocket", "fit_heads@rr_interval-minirocket"} <= ran
     assert not ran & {"demo_data", "prepare", "pretrain@dlinear", "extract@dlinear", "fit_heads@rr_interval-dlinear"}
+
+    data, before = user_data
+    assert snapshot(data) == before, "dvc repro changed the user's data folder"

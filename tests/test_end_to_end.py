@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.dataset import load_task_data
-from pipeline.ensemble import expert_predictions, gate_lead_features, load_gate, moe_predict
+from pipeline.experts import expert_predictions
+from pipeline.moe import gate_lead_signals, load_gates, moe_predict
 from pipeline.extract import extract_embeddings
 from pipeline.manifests import read_manifest
 from pipeline.params import load_params
@@ -83,14 +84,19 @@ def test_ensemble_beats_the_training_mean_on_rr_interval(project, monkeypatch):
     baseline = np.mean(np.abs(data.target[data.test] - data.target[data.train].mean()))
     # The RR interval is measured on the simulated signal: the ensemble must beat predicting the training mean by 10%.
     assert report["models"]["moe"]["mae"]["value"] < 0.9 * baseline
-    assert set(report["models"]) == {"expert:minirocket", "expert:dlinear", "mean", "moe"}
+    names = {"probe:minirocket", "probe:dlinear", "expert:minirocket", "expert:dlinear", "mean", "moe"}
+    assert set(report["models"]) == names and set(report["paired"]) == {"moe-best", "moe-mean"}
+    assert report["bootstrap"]["unit"] == "subject" and report["bootstrap"]["subjects"] == len(set(data.subjects[data.test]))
 
-    gate, config = load_gate(project / "gates" / "rr_interval")
-    _, test = expert_predictions(data, config["experts"])
-    weights, moe = moe_predict(gate, config, gate_lead_features(data.corpus, data.test, config["settings"]), test)
-    assert np.allclose(moe[:, 0], (weights * test[:, :, 0]).sum(axis=1), atol=1e-4)
+    gates, config = load_gates(project / "gates" / "rr_interval")
+    _, test_folds = expert_predictions(data, config["experts"])
+    leads = gate_lead_signals(data.corpus, data.test, config["settings"])
+    weights, moe = moe_predict(data.task, gates["moe"], config, leads, test_folds)
     assert weights.shape == (len(data.test), 2) and (weights >= 0).all()
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-6)
+    # each fold model's experts are mixed by their own gate weights, and the mixtures averaged
+    fold_weights, fold_moe = moe_predict(data.task, gates["moe"], config, leads, test_folds[:1])
+    assert np.allclose(fold_moe[:, 0], (fold_weights * test_folds[0, :, :, 0]).sum(axis=1), atol=1e-4)
 
     # `enecg predict` on raw records reproduces the ensemble that evaluation computed from the cache.
     records = read_manifest(Path(params["data"]["manifest"]))

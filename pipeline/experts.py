@@ -1,0 +1,91 @@
+"""Stage two, first half: one expert per backbone = k fold heads, each fitted fresh on the other folds' rows.
+
+Artifacts, heads/TASK/BACKBONE/ (written under a temporary name and renamed when complete):
+- fold0..k-1/: head.json, base.safetensors, adapter/ (see pipeline.heads);
+- predictions.npz: train_rows with their out-of-fold predictions (`oof`) and test_rows with each fold model's
+  predictions (`test_folds` [k, n_test, K]); the same for the probe each head started from (`probe_*`);
+- meta.json: provenance and every fold's training curves (train and held-out loss per epoch).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from pipeline.dataset import TaskData
+from pipeline.errors import StoreError
+from pipeline.heads import fit_head, load_head, predict, save_head
+from pipeline.params import head_dir
+from pipeline.progress import progress_bar
+from pipeline.stores import atomic_path
+
+
+@dataclass
+class ExpertFit:
+    models: list
+    predictions: dict[str, np.ndarray]  # oof, test_folds, probe_oof, probe_test_folds
+    histories: list[dict[str, list[float]]]
+
+
+def fit_expert(data: TaskData, embeddings: zarr.Array, settings: dict) -> ExpertFit:
+    """A fresh head per fold: out-of-fold predictions for the training rows, each fold model's on the test rows."""
+    rows = np.union1d(data.train, data.test)  # sorted; only the labelled rows are held in memory
+    block = embeddings.oindex[rows]
+    if not np.isfinite(block).all():
+        raise StoreError("embeddings hold NaN for records that passed QC; the embedding store does not match the corpus")
+    take = lambda selection: block[np.searchsorted(rows, selection)]  # noqa: E731
+    folds = list(data.folds())
+    k, n_train, n_test, out = len(folds), len(data.train), len(data.test), data.task.out_dim
+    predictions = {
+        "oof": np.zeros((n_train, out), np.float32), "probe_oof": np.zeros((n_train, out), np.float32),
+        "test_folds": np.zeros((k, n_test, out), np.float32), "probe_test_folds": np.zeros((k, n_test, out), np.float32),
+    }
+    models, histories = [], []
+    test_x = take(data.test)
+    with progress_bar(f"heads {data.task.name}: folds", k) as advance:
+        for fold, fit_rows, held_out in folds:
+            fitted = fit_head(data.task, take(fit_rows), data.target[fit_rows], data.subjects[fit_rows], settings, seed=int(settings["seed"]) + fold)
+            held_out_x = take(data.train[held_out])
+            for prefix, model in (("", fitted.model), ("probe_", fitted.probe)):
+                predictions[f"{prefix}oof"][held_out] = predict(data.task, model, held_out_x)
+                predictions[f"{prefix}test_folds"][fold] = predict(data.task, model, test_x)
+            models.append(fitted.model)
+            histories.append(fitted.history)
+            advance()
+    return ExpertFit(models, predictions, histories)
+
+
+def save_expert(fit: ExpertFit, data: TaskData, directory: Path, meta: dict) -> None:
+    with atomic_path(directory) as tmp:
+        tmp.mkdir(parents=True)
+        for fold, model in enumerate(fit.models):
+            save_head(model, tmp / f"fold{fold}")
+        np.savez(tmp / "predictions.npz", train_rows=data.train, test_rows=data.test, **fit.predictions)
+        (tmp / "meta.json").write_text(json.dumps({**meta, "histories": fit.histories}, indent=2, default=str))
+
+
+def load_expert_heads(directory: Path) -> list:
+    folds = sorted(directory.glob("fold*"))
+    if not folds:
+        raise StoreError(f"{directory} holds no trained heads; run `enecg fit-heads`")
+    return [load_head(fold) for fold in folds]
+
+
+def expert_predictions(data: TaskData, backbones: list[str], prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold [n_train, E, K] and per-fold test [k, n_test, E, K] predictions of every expert (or, with
+    prefix "probe_", of the probes the heads started from), checked against the split."""
+    oof, test = [], []
+    for backbone in backbones:
+        path = head_dir(data.task.name, backbone) / "predictions.npz"
+        if not path.exists():
+            raise StoreError(f"{path} does not exist; run `enecg fit-heads --task {data.task.name} --model {backbone}`")
+        saved = np.load(path)
+        if not (np.array_equal(saved["train_rows"], data.train) and np.array_equal(saved["test_rows"], data.test)):
+            raise StoreError(f"{path} was fitted on another split or manifest; rerun `enecg fit-heads --task {data.task.name} --model {backbone}`")
+        oof.append(saved[f"{prefix}oof"])
+        test.append(saved[f"{prefix}test_folds"])
+    return np.stack(oof, axis=1), np.stack(test, axis=2)

@@ -1,0 +1,68 @@
+"""params.yaml is validated before any heavy work: every bad field is an error naming the file, the key and
+what was expected."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.errors import ManifestError
+from pipeline.params import load_params, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def changed(edit) -> dict:
+    params = copy.deepcopy(PARAMS)
+    edit(params)
+    return params
+
+
+def test_the_project_params_are_valid():
+    assert load_params(ROOT / "params.yaml")["tasks"] == PARAMS["tasks"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p["split"].update(method="fold", train_folds="1..8", test_folds=[10]), r"split\.train_folds: expected a non-empty list of integers.*got '1\.\.8'"),
+    (lambda p: p["split"].update(method="fold", train_folds=[1, 2], test_folds=[2]), r"split\.test_folds: expected folds that are not also train_folds"),
+    (lambda p: p["split"].update(method="kfold"), r"split\.method: expected one of \['subject', 'fold'\], got 'kfold'"),
+    (lambda p: p["split"].update(test_fraction=1.5), r"split\.test_fraction: expected a number in \(0, 1\]"),
+    (lambda p: p["split"].update(k=1), r"split\.k: expected an integer in \[2, inf\]"),
+    (lambda p: p.update(tasks=["rr_interval", "potassium"]), r"tasks: expected names drawn from .*got \['potassium'\]"),
+    (lambda p: p.update(tasks="rr_interval"), r"tasks: expected a non-empty list of names"),
+    (lambda p: p.update(backbones=["minirocket", "ecg-fm"]), r"backbones: expected names drawn from .*got \['ecg-fm'\]"),
+    (lambda p: p["task_definitions"]["rate_class"].update(classes=["brady", "brady", "tachy"]), r"task_definitions\.rate_class\.classes: expected names without duplicates"),
+    (lambda p: p["task_definitions"]["rate_class"].update(classes=["brady"]), r"task_definitions\.rate_class\.classes must list at least 2"),
+    (lambda p: p["task_definitions"]["irregular"].update(type="binomial"), r"task_definitions\.irregular\.type is 'binomial'"),
+    (lambda p: p["heads"].update(lr="fast"), r"heads\.lr: expected a number, got 'fast'"),
+    (lambda p: p["heads"]["lora"].update(target_layers=[1]), r"heads\.lora\.target_layers: expected indices of the FFN's Linear layers"),
+    (lambda p: p["gate"].update(leads=["II", "V7"]), r"gate\.leads: expected names drawn from .*\['V7'\]"),
+    (lambda p: p["gate"].update(ablations=["both"]), r"gate\.ablations: expected names drawn from"),
+    (lambda p: p["gate"].update(sampling_rate=1000), r"gate\.sampling_rate: expected a number in \(0, 500\]"),
+    (lambda p: p["evaluate"].update(bootstrap=-1), r"evaluate\.bootstrap: expected an integer in \[0, inf\]"),
+    (lambda p: p["extract"].update(device="tpu"), r"extract\.device: expected auto, cpu, cuda or cuda:N"),
+    (lambda p: p["prepare"].update(min_seconds=20), r"prepare\.min_seconds: expected a number in \(0, 10\]"),
+    (lambda p: p["heads"].pop("epochs"), r"heads\.epochs: missing"),
+    (lambda p: p.pop("gate"), r"missing sections \['gate'\]"),
+])
+def test_bad_params_name_the_key_and_what_was_expected(edit, message):
+    with pytest.raises(ManifestError, match=r"^params\.yaml: " + message):
+        validate(changed(edit))
+
+
+def test_fold_split_with_integer_lists_is_accepted():
+    validate(changed(lambda p: p["split"].update(method="fold", train_folds=[1, 2, 3, 4, 5, 6, 7, 8], test_folds=[10])))
+
+
+def test_a_bad_params_file_fails_the_cli_before_any_work(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(changed(lambda p: p["split"].update(method="fold", train_folds="1..8", test_folds=[10]))))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["prepare"])
+    assert result.exit_code == 1 and "split.train_folds" in result.output
+    assert not (tmp_path / "corpus.zarr").exists() and not (tmp_path / "corpus.zarr.partial").exists()

@@ -1,0 +1,175 @@
+"""Stage two's parts on synthetic embeddings: probes, probe-initialised heads, the gate and its variants."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import RidgeCV
+from sklearn.metrics import roc_auc_score
+
+from pipeline.gate import Gate, expert_features, fit_gate, gate_weights
+from pipeline.heads import fit_head, predict
+from pipeline.moe import gate_variants, moe_predict
+from pipeline.probe import ALPHAS, fit_probe
+from pipeline.seeding import seeded
+from pipeline.tasks import Task
+
+HEADS = {"hidden": 32, "epochs": 30, "lr": 0.003, "batch_size": 32, "weight_decay": 0.0, "val_fraction": 0.25, "patience": 5,
+         "seed": 0, "probe": True, "lora": {"r": 4, "alpha": 16, "dropout": 0.0, "target_layers": [0, 2, 4]}}
+GATE = {"hidden": 16, "channels": 4, "epochs": 30, "lr": 0.01, "batch_size": 32, "weight_decay": 0.0, "val_fraction": 0.25, "patience": 5, "seed": 0}
+TASKS = {
+    "regression": Task("r", "regression", "r"),
+    "binary": Task("b", "binary", "b"),
+    "multiclass": Task("m", "multiclass", "m", ("x", "y", "z")),
+    "multilabel": Task("l", "multilabel", "l", ("p", "q", "s", "t")),
+}
+
+
+def synthetic(kind: str, n: int = 300, d: int = 20, seed: int = 0):
+    """Embeddings whose first features carry the label linearly, plus a nonlinear part."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32) * rng.uniform(0.5, 3, d).astype(np.float32) + 5
+    z = (x - 5) / x.std(0)
+    if kind == "regression":
+        y = (2 * z[:, 0] + np.abs(z[:, 1]) + rng.normal(0, 0.3, n)).astype(np.float32)
+    elif kind == "binary":
+        y = (z[:, 0] + 0.5 * z[:, 1] ** 2 + rng.normal(0, 0.5, n) > 0.5).astype(np.float32)
+    elif kind == "multiclass":
+        y = np.digitize(z[:, 0] + rng.normal(0, 0.3, n), [-0.5, 0.5])
+    else:
+        y = (z[:, :4] + rng.normal(0, 0.5, (n, 4)) > 0.7).astype(np.float32)
+        y[:, 3] = 0  # a label with no positive in the training rows
+    return x, y, np.arange(n) // 2  # two records per subject
+
+
+def test_regression_probe_is_ridge_with_the_loo_penalty():
+    x, y, _ = synthetic("regression")
+    weight, bias = fit_probe(TASKS["regression"], x, y)
+    reference = RidgeCV(alphas=ALPHAS).fit(x, y)
+    np.testing.assert_allclose(weight[0], reference.coef_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(bias[0], reference.intercept_, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "multilabel"])
+def test_classification_probe_gives_calibrated_logits(kind):
+    task = TASKS[kind]
+    x, y, _ = synthetic(kind, n=600)
+    weight, bias = fit_probe(task, x[:400], y[:400])
+    logits = x[400:] @ weight.T + bias
+    truth = np.eye(3)[y[400:]] if kind == "multiclass" else y[400:].reshape(200, -1)
+    probability = 1 / (1 + np.exp(-logits)) if kind != "multiclass" else np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    for k in range(truth.shape[1]):
+        if 0 < truth[:, k].sum() < len(truth):
+            assert roc_auc_score(truth[:, k], probability[:, k]) > 0.75
+    if kind == "multilabel":  # never positive in training: a constant, low logit
+        assert not weight[3].any() and bias[3] < -4
+    # calibrated: the mean predicted rate is close to the observed rate
+    np.testing.assert_allclose(probability.mean(0)[: truth.shape[1] - (kind == "multilabel")], truth.mean(0)[: truth.shape[1] - (kind == "multilabel")], atol=0.08)
+
+
+@pytest.mark.parametrize("kind", list(TASKS))
+def test_head_starts_at_its_probe_and_ends_no_worse_on_held_out_subjects(kind):
+    task = TASKS[kind]
+    x, y, subjects = synthetic(kind)
+    untrained = fit_head(task, x, y, subjects, {**HEADS, "epochs": 0}, seed=1)
+    np.testing.assert_allclose(predict(task, untrained.model, x), predict(task, untrained.probe, x), atol=1e-6)
+    fitted = fit_head(task, x, y, subjects, HEADS, seed=1)
+    validation = fitted.history["validation"]
+    assert len(validation) == len(fitted.history["train"]) + 1  # the start is scored, then every epoch
+    assert min(validation) <= validation[0]
+    np.testing.assert_allclose(predict(task, fitted.probe, x), predict(task, untrained.probe, x), atol=1e-6)
+
+
+def test_head_can_learn_what_the_probe_cannot():
+    """The FFN correction learns a nonlinearity the linear probe misses (held-out loss clearly lower)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((800, 4)).astype(np.float32)
+    y = (np.abs(x[:, 0]) * 2 + 0.5 * x[:, 1]).astype(np.float32)
+    task = TASKS["regression"]
+    fitted = fit_head(task, x, y, np.arange(800), {**HEADS, "epochs": 60, "patience": 10, "hidden": 64}, seed=0)
+    assert min(fitted.history["validation"]) < 0.5 * fitted.history["validation"][0]
+
+
+def test_per_label_bias_is_trained_and_saved(tmp_path):
+    from pipeline.heads import load_head, save_head
+
+    x, y, subjects = synthetic("multilabel")
+    fitted = fit_head(TASKS["multilabel"], x, y, subjects, HEADS, seed=0)
+    trainable = {name for name, p in fitted.model.named_parameters() if p.requires_grad}
+    assert any(name.endswith(".bias") and "lora" not in name for name in trainable) and any("lora_B" in name for name in trainable)
+    assert not any("probe" in name for name in trainable)  # the probe is the frozen start
+    save_head(fitted.model, tmp_path / "head")
+    np.testing.assert_allclose(predict(TASKS["multilabel"], load_head(tmp_path / "head"), x), predict(TASKS["multilabel"], fitted.model, x), atol=1e-6)
+
+
+def test_head_without_probe_starts_at_the_prior():
+    x, y, subjects = synthetic("binary")
+    fitted = fit_head(TASKS["binary"], x, y, subjects, {**HEADS, "probe": False, "epochs": 0}, seed=0)
+    start = predict(TASKS["binary"], fitted.model, x)
+    assert np.ptp(start) < 1e-6 and abs(start.mean() - y.mean()) < 0.05
+
+
+def test_seeded_restores_the_deterministic_switch_and_rng():
+    torch.use_deterministic_algorithms(False)
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    with seeded(7):
+        assert torch.are_deterministic_algorithms_enabled()
+        torch.rand(5)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.equal(torch.rand(1), expected)
+
+
+def gate_data(n=240, seed=0):
+    """Two experts, each right on one kind of record; the kind is visible in the lead (a spike train's rate)."""
+    rng = np.random.default_rng(seed)
+    kind = rng.integers(0, 2, n)
+    leads = rng.normal(0, 0.05, (n, 1, 500)).astype(np.float32)
+    for i in range(n):
+        period = 25 if kind[i] else 60
+        leads[i, 0, rng.integers(0, period) :: period] += 1.0
+    target = rng.normal(0, 1, n).astype(np.float32)
+    noise = rng.normal(0, 1, (n, 2)).astype(np.float32)
+    good, bad = target + 0.1 * noise[:, 0], target + 2.0 * noise[:, 1]
+    experts = np.where(kind[:, None] == 1, np.stack([good, bad], 1), np.stack([bad, good], 1))[:, :, None].astype(np.float32)
+    return leads, experts, target, kind
+
+
+def test_gate_starts_as_the_plain_mean_and_learns_to_specialise_from_the_leads():
+    leads, experts, target, kind = gate_data()
+    task = TASKS["regression"]
+    features = expert_features(task, experts, 1.0)
+    untrained = Gate(1, features.shape[1], 2, ["leads", "outputs"])
+    np.testing.assert_allclose(gate_weights(untrained, leads, features), 0.5)
+    gate, history = fit_gate(task, leads, features, experts, target, np.arange(len(target)), {**GATE, "epochs": 60, "patience": 15}, 1.0, ["leads"])
+    weights = gate_weights(gate, leads, features)
+    assert weights[kind == 1, 0].mean() > 0.7 and weights[kind == 0, 1].mean() > 0.7, history
+    # shift-invariant: the same records moved in time get nearly the same weights
+    shifted = np.roll(leads, 37, axis=-1)
+    assert np.abs(gate_weights(gate, shifted, features) - weights).max() < 0.15
+
+
+def test_gate_variants_and_constant_gate():
+    assert gate_variants({"inputs": ["leads"], "ablations": ["constant", "outputs", "leads+outputs"]}) == {
+        "moe": ["leads"], "moe:constant": [], "moe:outputs": ["outputs"], "moe:leads+outputs": ["leads", "outputs"]}
+    leads, experts, target, _ = gate_data()
+    experts[:, 1] = experts[:, 0] + 3.0  # expert 1 is always worse: a constant gate learns to ignore it
+    task = TASKS["regression"]
+    features = expert_features(task, experts, 1.0)
+    gate, _ = fit_gate(task, leads, features, experts, target, np.arange(len(target)), {**GATE, "epochs": 100, "lr": 0.05, "patience": 20}, 1.0, [])
+    weights = gate_weights(gate, leads, features)
+    assert np.ptp(weights, axis=0).max() < 1e-6 and weights[0, 0] > 0.8
+
+
+def test_moe_gates_each_fold_model_and_averages_the_mixtures():
+    leads, experts, _, _ = gate_data(n=50)
+    task = TASKS["regression"]
+    config = {"target_scale": 1.0}
+    gate = Gate(1, 2, 2, ["outputs"])
+    with torch.no_grad():
+        gate.net[2].weight.normal_()
+    folds = np.stack([experts, experts + 1.0, experts * 2.0])
+    weights, moe = moe_predict(task, gate, config, leads, folds)
+    per_fold = [(gate_weights(gate, leads, expert_features(task, f, 1.0))[:, :, None] * f).sum(1) for f in folds]
+    np.testing.assert_allclose(moe, np.mean(per_fold, axis=0), rtol=1e-5)
+    assert weights.shape == (50, 2)
