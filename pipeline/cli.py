@@ -17,6 +17,21 @@ app = typer.Typer(help="EnECG: frozen ECG backbones once, cached; LoRA heads and
 manifest_app = typer.Typer(help="Build a manifest from a corpus as PhysioNet distributes it.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="DVC params file")
+# Option help texts. The backbone names are the registry's (tests/test_backbone_provenance.py checks that),
+# written out so that `--help` need not import torch and every backbone module; the tasks are the shipped
+# params.yaml's (also checked there).
+BACKBONE_NAMES = (
+    "dlinear", "ecgfm", "ecgfm-finetuned", "ecgfounder", "ecgfounder-1lead", "hubert-ecg-base", "hubert-ecg-large",
+    "hubert-ecg-small", "minirocket", "moment-base", "moment-large", "moment-small", "tempo", "timesnet",
+)
+PRETRAINABLE_NAMES = ("dlinear", "minirocket", "timesnet")
+DEFAULT_TASKS = ("rr_interval", "irregular", "rate_class")
+MODEL_HELP = f"backbone, one of: {', '.join(BACKBONE_NAMES)} (`enecg backbones` shows each)"
+PRETRAIN_MODEL_HELP = f"backbone this project makes from the corpus, one of: {', '.join(PRETRAINABLE_NAMES)}"
+TASK_HELP = (
+    "task: a name in params.yaml `tasks`, defined under `task_definitions` "
+    f"(the shipped params: {', '.join(DEFAULT_TASKS)})"
+)
 
 
 def user_errors(command):
@@ -53,7 +68,7 @@ def prepare(params: Path = PARAMS, strict: bool = typer.Option(False, help="fail
 
 @app.command()
 @user_errors
-def pretrain(model: str = typer.Option(..., "--model", "-m"), params: Path = PARAMS):
+def pretrain(model: str = typer.Option(..., "--model", "-m", help=PRETRAIN_MODEL_HELP), params: Path = PARAMS):
     """Make a pretrainable backbone's checkpoint from the corpus (self-supervised)."""
     from stages import pretrain as stage
 
@@ -63,7 +78,7 @@ def pretrain(model: str = typer.Option(..., "--model", "-m"), params: Path = PAR
 @app.command()
 @user_errors
 def extract(
-    model: str = typer.Option(..., "--model", "-m"),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     params: Path = PARAMS,
     stop_after_chunks: Optional[int] = typer.Option(None, hidden=True, help="stop early, as if killed (tests)"),
 ):
@@ -79,7 +94,13 @@ def _backbones(loaded: dict, model: Optional[str]) -> list[str]:
 
 @app.command("fit-heads")
 @user_errors
-def fit_heads(task: str = typer.Option(..., "--task", "-t"), model: Optional[str] = typer.Option(None, "--model", "-m", help="default: every backbone in params"), params: Path = PARAMS):
+def fit_heads(
+    task: str = typer.Option(..., "--task", "-t", help=TASK_HELP),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help=f"{MODEL_HELP}; default: every backbone in params.yaml `backbones`"
+    ),
+    params: Path = PARAMS,
+):
     """Train the LoRA heads of one task (k folds, out-of-fold predictions) on cached embeddings."""
     from stages import fit_heads as stage
 
@@ -90,7 +111,7 @@ def fit_heads(task: str = typer.Option(..., "--task", "-t"), model: Optional[str
 
 @app.command("fit-gate")
 @user_errors
-def fit_gate(task: str = typer.Option(..., "--task", "-t"), params: Path = PARAMS):
+def fit_gate(task: str = typer.Option(..., "--task", "-t", help=TASK_HELP), params: Path = PARAMS):
     """Train the mixture-of-experts gate of one task on the heads' out-of-fold predictions."""
     from stages import fit_gate as stage
 
@@ -99,7 +120,7 @@ def fit_gate(task: str = typer.Option(..., "--task", "-t"), params: Path = PARAM
 
 @app.command()
 @user_errors
-def evaluate(task: str = typer.Option(..., "--task", "-t"), params: Path = PARAMS):
+def evaluate(task: str = typer.Option(..., "--task", "-t", help=TASK_HELP), params: Path = PARAMS):
     """Evaluate each expert, their mean and the MoE on the test split -> metrics/TASK.json."""
     from stages import evaluate as stage
 
@@ -108,7 +129,7 @@ def evaluate(task: str = typer.Option(..., "--task", "-t"), params: Path = PARAM
 
 @app.command("fit-ensemble")
 @user_errors
-def fit_ensemble(task: str = typer.Option(..., "--task", "-t"), params: Path = PARAMS):
+def fit_ensemble(task: str = typer.Option(..., "--task", "-t", help=TASK_HELP), params: Path = PARAMS):
     """fit-heads for every backbone, then fit-gate, then evaluate, for one task."""
     from stages import evaluate, fit_gate as gate_stage, fit_heads as heads_stage
 
@@ -119,11 +140,22 @@ def fit_ensemble(task: str = typer.Option(..., "--task", "-t"), params: Path = P
     evaluate.run(loaded, task)
 
 
+@app.command("cross-validate")
+@user_errors
+def cross_validate(task: str = typer.Option(..., "--task", "-t", help=TASK_HELP), params: Path = PARAMS):
+    """EnECG's protocol (split.method: cv): stage two once per test fold -> metrics/TASK.cv.json (mean, std)."""
+    from stages import cross_validate as stage
+
+    stage.run(load_params(params), task)
+
+
 @app.command()
 @user_errors
 def predict(
     records: list[Path] = typer.Argument(..., help="WFDB record paths (without extension)"),
-    task: Optional[list[str]] = typer.Option(None, "--task", "-t", help="default: every task in params"),
+    task: Optional[list[str]] = typer.Option(
+        None, "--task", "-t", help=f"{TASK_HELP}; repeatable; default: every task in params.yaml `tasks`"
+    ),
     params: Path = PARAMS,
 ):
     """Run the trained chain (backbones, heads, gate) on new WFDB records."""
@@ -135,18 +167,75 @@ def predict(
 
 @app.command()
 @user_errors
-def backbones(checkpoints: Path = typer.Option(Path("checkpoints"), help="folder of checkpoints/<name>/")):
-    """List every backbone: input spec, embedding size, checkpoint status and where it comes from."""
-    from pipeline.backbones import checkpoint_sha256, list_backbones
-    from pipeline.report import show_table
+def backbones(
+    checkpoints: Path = typer.Option(Path("checkpoints"), help="folder of checkpoints/<name>/"),
+    corpus: Optional[str] = typer.Option(
+        None, "--corpus", metavar="ID",
+        help="test corpus id (e.g. ptb-xl, mimic-iv-ecg): warn for each backbone whose checkpoint was trained on it",
+    ),
+):
+    """List every backbone: input, leads, embedding size, checkpoint (found + sha256, or missing), where it comes
+    from and what its published weights were trained on. One block per backbone, readable at 80 columns."""
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
 
-    rows = []
-    for config in list_backbones():
+    from pipeline.backbones import (
+        CORPORA, LEADS_12, checkpoint_sha256, corpus_id, list_backbones, made_by_pretrain, seen_corpus_warning,
+    )
+
+    configs = list_backbones()
+    console.print(Text("backbones (preprocessing: see each module's docstring)", style="bold"))
+    wanted = corpus_id(corpus) if corpus is not None and corpus.strip() else None
+    if wanted is not None and wanted not in CORPORA:
+        note = f"note: {wanted!r} is not a known corpus id, so no checkpoint can match it; known: {', '.join(CORPORA)}"
+        console.print(Text(note, style="yellow"))
+    warned = 0
+    for config in configs:
         path = checkpoints / config.name / config.checkpoint_file
-        status = f"found {checkpoint_sha256(path)[:12]}" if path.exists() else "missing"
+        status = f"found, sha256 {checkpoint_sha256(path)[:12]}" if path.exists() else "missing"
+        corpus_made = path.exists() and made_by_pretrain(config.name, path)
+        if corpus_made:
+            status += ", made by `enecg pretrain` (pretrain.json beside it)"
         spec = config.spec
-        rows.append([config.name, f"{spec.sampling_rate:g} Hz x {spec.samples}", len(spec.leads), config.embedding_dim, f"{path}\n{status}", config.source])
-    show_table("backbones (preprocessing: see each module's docstring)", ["name", "input", "leads", "dim", "checkpoint", "source"], rows)
+        leads = f"lead{'s' * (len(spec.leads) > 1)} {', '.join(spec.leads)}"
+        if tuple(spec.leads) == LEADS_12:
+            leads = "12 leads"
+        trained = ", ".join(config.trained_on) or "not stated"
+        if config.trained_on_labels:
+            trained += f" (with labels: {', '.join(config.trained_on_labels)})"
+        if corpus_made or (config.pretrainable and not config.trained_on):
+            trained = "this corpus's training records, without labels"
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column(overflow="fold")
+        rows = [
+            ("input", f"{spec.sampling_rate:g} Hz x {spec.samples} samples, {leads}, dim {config.embedding_dim}"),
+            ("checkpoint", str(path)),
+            ("", status),
+            ("source", config.source),
+            ("trained on", trained),
+            ("", config.trained_on_source or "not stated"),
+        ]
+        if wanted is not None:
+            warning = seen_corpus_warning(config.name, wanted, path)
+            warned += warning is not None
+            if warning is not None:
+                rows.append(("WARNING", warning))
+            elif corpus_made or (config.pretrainable and not config.trained_on):
+                rows.append(("corpus", f"{wanted}: made by `enecg pretrain` from this corpus's training records only"))
+            elif config.trained_on:
+                rows.append(("corpus", f"{wanted} is not among the corpora its authors state"))
+            else:
+                rows.append(("corpus", f"{wanted}: cannot be checked, its training corpora are not stated"))
+        for label, value in rows:
+            alarm = label == "WARNING"
+            grid.add_row(Text(label, style="bold yellow" if alarm else "dim"), Text(value, style="yellow" * alarm))
+        console.print(Text(config.name, style="bold cyan"))
+        console.print(Padding(grid, (0, 0, 0, 2)))
+    if wanted is not None:
+        summary = f"{warned} of {len(configs)} checkpoints may have been trained on records of {wanted}"
+        console.print(Text(summary, style="bold"))
 
 
 @app.command()

@@ -33,6 +33,15 @@ def backbone_inputs(signals: np.ndarray, corpus_rate: float, corpus_leads: list[
     return backbone.preprocess(to_spec(signals, corpus_rate, corpus_leads, backbone.config.spec)).astype(np.float32)
 
 
+def resolve_device(device: str) -> torch.device:
+    """params `extract.device`: "auto" is CUDA when there is one, else the CPU. `extract` and `predict` both use
+    this and `embed_batches`, so a record is embedded with the same device and precision policy (bf16
+    autocast on CUDA, float32 on the CPU) whether it came through the corpus or through `enecg predict`."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def embed_batches(backbone: Backbone, inputs: np.ndarray, batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
     """Run the frozen backbone over [B, C, T] inputs in batches; outputs as float32 numpy arrays."""
     outputs: dict[str, list[np.ndarray]] = {}
@@ -59,7 +68,7 @@ def extract_embeddings(
     config = get_config(name)
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(name)
     backbone = build_backbone(name, checkpoint)
-    torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    torch_device = resolve_device(device)
     backbone.to(torch_device)
 
     corpus = open_corpus(corpus_path)

@@ -16,7 +16,7 @@ import yaml
 from pipeline.errors import ManifestError
 
 REQUIRED = ("data", "prepare", "backbones", "extract", "tasks", "task_definitions", "split", "heads", "gate", "evaluate")
-SPLIT_METHODS = ("subject", "fold")
+SPLIT_METHODS = ("subject", "fold", "cv")
 GATE_INPUTS = ("leads", "outputs")
 GATE_ABLATIONS = ("constant", "outputs", "leads", "leads+outputs")
 
@@ -157,13 +157,15 @@ def validate(params: dict, source: Path = Path("params.yaml")) -> dict:
     check.names("tasks", set(definitions))
 
     method = check.choice("split.method", SPLIT_METHODS)
+    k = check.number("split.k", 2, integer=True)
     if method == "subject":
         check.number("split.test_fraction", 0, 1, open_low=True)
+    elif method == "cv":
+        check.number("split.test_fold", 0, k - 1, integer=True, default=0)
     else:
         train, test = check.integers("split.train_folds"), check.integers("split.test_folds")
         if set(train) & set(test):
             check.fail("split.test_folds", "folds that are not also train_folds", sorted(set(train) & set(test)))
-    check.number("split.k", 2, integer=True)
     check.number("split.seed", integer=True)
 
     _check_training(check, "heads")

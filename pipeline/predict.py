@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline.backbones import LEADS_12, build_backbone
 from pipeline.errors import RecordError
 from pipeline.experts import load_expert_heads
-from pipeline.extract import backbone_inputs, embed_batches
+from pipeline.extract import backbone_inputs, embed_batches, resolve_device
 from pipeline.gate import lead_signals
 from pipeline.heads import predict as head_predict
 from pipeline.moe import load_gates, moe_predict
@@ -32,7 +31,9 @@ class Prediction:
     reason: str = ""
 
 
-def predict_records(paths: list[Path], tasks: list[Task], settings: QCSettings, device: str = "cpu") -> list[Prediction]:
+def predict_records(paths: list[Path], tasks: list[Task], settings: QCSettings, device: str = "auto", batch_size: int = 32) -> list[Prediction]:
+    """The ensemble's prediction of every task for every readable record; `device` as params `extract.device`."""
+    torch_device = resolve_device(device)
     loaded, excluded = {}, []
     for path in paths:
         try:
@@ -50,9 +51,9 @@ def predict_records(paths: list[Path], tasks: list[Task], settings: QCSettings, 
         experts = []
         for backbone in config["experts"]:
             if backbone not in embeddings:
-                model = build_backbone(backbone).to(device)
+                model = build_backbone(backbone).to(torch_device)
                 inputs = backbone_inputs(signals, settings.sampling_rate, leads, model)
-                embeddings[backbone] = embed_batches(model, inputs, 32, torch.device(device))["embedding"]
+                embeddings[backbone] = embed_batches(model, inputs, batch_size, torch_device)["embedding"]
             heads = load_expert_heads(head_dir(task.name, backbone))
             experts.append(np.stack([head_predict(task, head, embeddings[backbone]) for head in heads]))
         gate_leads = lead_signals(signals, leads, list(config["settings"]["leads"]), settings.sampling_rate, float(config["settings"]["sampling_rate"]))

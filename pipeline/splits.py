@@ -2,10 +2,12 @@
 
 Records of one subject never straddle the test split or the folds. The test split is the same for every
 task (it is made over all usable records, before any label is looked at), so the gate and the evaluation
-of one task never see a test subject of another. Two methods (params.yaml `split`):
+of one task never see a test subject of another. Three methods (params.yaml `split`):
 
-- `subject` (EnECG's protocol): a seeded fraction of subjects is held out for testing;
-- `fold`: the manifest's `fold` column, e.g. PTB-XL strat_fold 1-8 train, 10 test (`train_folds`, `test_folds`).
+- `subject`: a seeded fraction of subjects is held out for testing (the default);
+- `fold`: the manifest's `fold` column, e.g. PTB-XL strat_fold 1-8 train, 10 test (`train_folds`, `test_folds`);
+- `cv` (EnECG's reported protocol): k seeded subject-wise folds, fold `test_fold` is the test set;
+  `enecg cross-validate` runs stage two once per test fold and reports the mean and std over them.
 """
 
 from __future__ import annotations
@@ -34,13 +36,20 @@ def make_split(subjects: np.ndarray, usable: np.ndarray, settings: dict, folds: 
         splitter = GroupShuffleSplit(n_splits=1, test_size=float(settings.get("test_fraction", 0.2)), random_state=int(settings.get("seed", 0)))
         train_pos, test_pos = next(splitter.split(rows, groups=groups))
         train, test = rows[train_pos], rows[test_pos]
+    elif method == "cv":
+        k = int(settings.get("k", 3))
+        if len(set(groups)) < k:
+            raise ManifestError(f"too few subjects for {k}-fold cross-validation: {len(set(groups))}")
+        outer = list(GroupKFold(n_splits=k, shuffle=True, random_state=int(settings.get("seed", 0))).split(rows, groups=groups))
+        train_pos, test_pos = outer[int(settings.get("test_fold", 0))]
+        train, test = rows[np.sort(train_pos)], rows[np.sort(test_pos)]
     elif method == "fold":
         if folds is None or np.any(folds[rows] < 0):
             raise ManifestError("split.method is 'fold' but some manifest records have no 'fold' field")
         train = rows[np.isin(folds[rows], settings["train_folds"])]
         test = rows[np.isin(folds[rows], settings["test_folds"])]
     else:
-        raise ManifestError(f"params.yaml: split.method is {method!r}; use 'subject' or 'fold'")
+        raise ManifestError(f"params.yaml: split.method is {method!r}; use 'subject', 'fold' or 'cv'")
     shared = set(subjects[train]) & set(subjects[test])
     if shared:
         raise ManifestError(f"subjects {sorted(str(s) for s in shared)[:5]} have records in both the train and the test folds; folds must be subject-wise")

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from sklearn.model_selection import GroupShuffleSplit
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside the block.
+
+    Heads and gates are small models on minibatches of 32: a second thread only adds synchronisation, and
+    on a 2-core machine that is busy with anything else every op then waits for it (a gate measured 10 s on
+    one thread, 72 s on two).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def validation_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -18,6 +35,7 @@ def validation_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(train), np.sort(validation)
 
 
+@one_thread()
 def fit(
     model: torch.nn.Module,
     inputs: Sequence[torch.Tensor],

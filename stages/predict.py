@@ -26,6 +26,7 @@ def run(params: dict, records: list[Path], task_names: list[str]) -> list:
     tasks = {name: task_from_params(name, params["task_definitions"]) for name in task_names}
     prepare = params["prepare"]
     settings = QCSettings(int(prepare["sampling_rate"]), float(prepare["seconds"]), float(prepare["min_seconds"]), float(prepare["flat_threshold_mv"]))
-    predictions = predict_records([Path(r) for r in records], list(tasks.values()), settings)
+    extract = params["extract"]
+    predictions = predict_records([Path(r) for r in records], list(tasks.values()), settings, str(extract.get("device", "auto")), int(extract["batch_size"]))
     show_table("predictions", ["record", "task", "prediction", "excluded because"], [[p.record, p.task, describe(tasks[p.task], p.value), p.reason] for p in predictions])
     return predictions

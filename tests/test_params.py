@@ -27,9 +27,10 @@ def test_the_project_params_are_valid():
 @pytest.mark.parametrize("edit, message", [
     (lambda p: p["split"].update(method="fold", train_folds="1..8", test_folds=[10]), r"split\.train_folds: expected a non-empty list of integers.*got '1\.\.8'"),
     (lambda p: p["split"].update(method="fold", train_folds=[1, 2], test_folds=[2]), r"split\.test_folds: expected folds that are not also train_folds"),
-    (lambda p: p["split"].update(method="kfold"), r"split\.method: expected one of \['subject', 'fold'\], got 'kfold'"),
+    (lambda p: p["split"].update(method="kfold"), r"split\.method: expected one of \['subject', 'fold', 'cv'\], got 'kfold'"),
     (lambda p: p["split"].update(test_fraction=1.5), r"split\.test_fraction: expected a number in \(0, 1\]"),
     (lambda p: p["split"].update(k=1), r"split\.k: expected an integer in \[2, inf\]"),
+    (lambda p: p["split"].update(method="cv", test_fold=3), r"split\.test_fold: expected an integer in \[0, 2\]"),
     (lambda p: p.update(tasks=["rr_interval", "potassium"]), r"tasks: expected names drawn from .*got \['potassium'\]"),
     (lambda p: p.update(tasks="rr_interval"), r"tasks: expected a non-empty list of names"),
     (lambda p: p.update(backbones=["minirocket", "ecg-fm"]), r"backbones: expected names drawn from .*got \['ecg-fm'\]"),

@@ -64,6 +64,20 @@ def test_subject_split_never_straddles_and_folds_partition_the_training_rows():
         assert len(held) and not set(subjects[held]) & set(subjects[rest])
 
 
+def test_cv_split_tests_every_usable_row_exactly_once_over_its_folds():
+    rng = np.random.default_rng(2)
+    subjects = np.array([f"s{i}" for i in rng.integers(0, 40, 300)])
+    usable = rng.random(300) > 0.1
+    tested = []
+    for fold in range(3):
+        split = make_split(subjects, usable, {"method": "cv", "k": 3, "test_fold": fold, "seed": 0})
+        assert not set(subjects[split.train]) & set(subjects[split.test])
+        assert set(split.train) | set(split.test) == set(np.flatnonzero(usable))
+        assert set(split.fold_of_train) == {0, 1, 2}  # inner folds for the out-of-fold predictions
+        tested += list(split.test)
+    assert sorted(tested) == list(np.flatnonzero(usable))
+
+
 def test_fold_split_refuses_a_subject_in_two_folds():
     subjects = np.array(["a", "a", "b", "c", "d", "e"])
     folds = np.array([1, 10, 1, 2, 10, 3])

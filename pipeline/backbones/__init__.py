@@ -11,6 +11,12 @@ of the checkpoint file (or folder, for HF-format models) and returns a frozen `B
 `spec.leads` (float32, millivolts, [B, len(leads), seconds * rate]); `Backbone.preprocess` then applies the
 model's own filtering and normalisation (numpy, on the loader side) and `Backbone.forward` returns a dict
 with "embedding" [B, D] and any native outputs (e.g. "logits").
+
+What a published checkpoint has already seen: each config records the corpora its weights were trained on
+(`trained_on`, canonical lower-case ids from `CORPORA`), those whose labels were used (`trained_on_labels`),
+and where its authors say so (`trained_on_source`), or "not stated". `COMPOSITE_CORPORA` maps a corpus made
+of others (the PhysioNet/CinC challenges) to its parts; `corpora_seen(name)` expands them, and
+`seen_corpus_warning(name, corpus)` is the one-line warning for a test corpus that may be training data.
 """
 
 from __future__ import annotations
@@ -55,6 +61,12 @@ class BackboneConfig:
     `checkpoint_file` is the file (or folder) name looked up under `checkpoints/<name>/` unless params give a
     path; `source` says where the public checkpoint comes from, or which command makes it. `pretrainable`
     backbones are produced by `enecg pretrain --model NAME` on the corpus instead of downloaded.
+
+    `trained_on` lists the corpora (ids of `CORPORA`; composites are expanded by `corpora_seen`) that the
+    published weights were trained on, as their authors state; `trained_on_labels` the subset whose labels
+    were used too (supervised pretraining or fine-tuning); `trained_on_source` cites where the authors say
+    so (repository/file or paper), or says "not stated" and what they do say, with `trained_on` left empty.
+    A checkpoint `enecg pretrain` makes saw only this corpus's own training records, without labels.
     """
 
     name: str
@@ -64,6 +76,9 @@ class BackboneConfig:
     source: str
     pretrainable: bool = False
     native_outputs: tuple[str, ...] = field(default=())
+    trained_on: tuple[str, ...] = field(default=())
+    trained_on_labels: tuple[str, ...] = field(default=())
+    trained_on_source: str = ""
 
 
 class Backbone(nn.Module):
@@ -141,6 +156,134 @@ def get_config(name: str) -> BackboneConfig:
 
 def default_checkpoint(name: str, root: Path = Path("checkpoints")) -> Path:
     return root / name / get_config(name).checkpoint_file
+
+
+# Canonical ids of the corpora a checkpoint may have been trained on (what `trained_on` and a params
+# `data.corpus` name), with what each is.
+CORPORA: dict[str, str] = {
+    "mimic-iv-ecg": "MIMIC-IV-ECG: Module of Electrocardiogram Matched Subset (PhysioNet)",
+    "physionet-2021": "PhysioNet/CinC Challenge 2021 training set (challenge-2021 v1.0.3)",
+    "physionet-2020": "PhysioNet/CinC Challenge 2020 training set (challenge-2020)",
+    "cpsc-2018": "China Physiological Signal Challenge 2018 (CPSC)",
+    "cpsc-2018-extra": "China 12-Lead ECG Challenge Database, CPSC 2018 data not used there (CPSC-Extra)",
+    "incart": "St Petersburg INCART 12-lead Arrhythmia Database",
+    "ptb": "PTB Diagnostic ECG Database",
+    "ptb-xl": "PTB-XL",
+    "georgia": "Georgia 12-lead ECG Challenge Database",
+    "chapman-shaoxing": "Chapman University / Shaoxing People's Hospital 12-lead ECG database",
+    "ningbo": "Ningbo First Hospital 12-lead ECG database",
+    "code-15": "CODE-15% (Ribeiro et al.)",
+    "heedb": "Harvard-Emory ECG Database (HEEDB)",
+    "time-series-pile": "MOMENT's Time-series Pile (AutonLab/Timeseries-PILE)",
+    "informer-long-horizon": "Informer long-horizon forecasting datasets (Zhou et al., 2021)",
+    "monash": "Monash time series forecasting archive",
+    "ucr-uea": "UCR/UEA time series classification archive",
+    "tsb-uad": "TSB-UAD anomaly detection benchmark",
+    "ett": "Electricity Transformer Temperature (ETDataset: ETTh1, ETTh2, ETTm1, ETTm2)",
+    "electricity": "Electricity load (ECL)",
+    "traffic": "Traffic (PeMS road occupancy)",
+    "weather": "Weather",
+    "ili": "Influenza-like illness (CDC)",
+    "exchange-rate": "Exchange rates",
+}
+
+# A corpus made of others -> its parts, as the corpus's own description lists them (`corpora_seen` expands
+# them recursively). PhysioNet 2021's training set holds every public training set of 2020 and adds two.
+COMPOSITE_CORPORA: dict[str, tuple[str, ...]] = {
+    "physionet-2021": (
+        "cpsc-2018", "cpsc-2018-extra", "incart", "ptb", "ptb-xl", "georgia", "chapman-shaoxing", "ningbo",
+    ),
+    "physionet-2020": ("cpsc-2018", "cpsc-2018-extra", "incart", "ptb", "ptb-xl", "georgia"),
+    "time-series-pile": ("informer-long-horizon", "monash", "ucr-uea", "tsb-uad"),
+    "informer-long-horizon": ("ett", "electricity", "traffic", "weather", "ili", "exchange-rate"),
+}
+COMPOSITE_CORPORA_SOURCE: dict[str, str] = {
+    "physionet-2021": (
+        "PhysioNet challenge-2021 v1.0.3 (Reyna et al., CinC 2021): training/ holds cpsc_2018, cpsc_2018_extra, "
+        "st_petersburg_incart, ptb, ptb-xl, georgia, chapman_shaoxing, ningbo"
+    ),
+    "physionet-2020": (
+        "Perez Alday et al., Physiol. Meas. 2020 (PhysioNet challenge-2020): training sets CPSC, CPSC-Extra, "
+        "INCART, PTB, PTB-XL, Georgia (its undisclosed US set was test data only)"
+    ),
+    "time-series-pile": "huggingface.co/datasets/AutonLab/Timeseries-PILE card: the four repositories it names",
+    "informer-long-horizon": "huggingface.co/datasets/AutonLab/Timeseries-PILE card (Zhou et al., 2021)",
+}
+
+
+def corpus_id(corpus: str) -> str:
+    """A corpus name as its canonical id: lower case, `_` and spaces as `-` ("PTB_XL" -> "ptb-xl")."""
+    return "-".join(str(corpus).strip().lower().replace("_", " ").split())
+
+
+def expand_corpora(corpora) -> set[str]:
+    """The given corpus ids with every composite's parts added, recursively."""
+    seen: set[str] = set()
+    todo = [corpus_id(corpus) for corpus in corpora]
+    while todo:
+        corpus = todo.pop()
+        if corpus not in seen:
+            seen.add(corpus)
+            todo.extend(COMPOSITE_CORPORA.get(corpus, ()))
+    return seen
+
+
+def corpora_seen(name: str) -> set[str]:
+    """Every corpus backbone `name`'s published weights were trained on, composites expanded (empty: not stated)."""
+    return expand_corpora(get_config(name).trained_on)
+
+
+def made_by_pretrain(name: str, checkpoint: Path) -> bool:
+    """Whether `checkpoint` was made from the corpus by `enecg pretrain` (stages/pretrain.py writes pretrain.json
+    beside it) rather than downloaded: then it saw only the corpus's training records, without labels."""
+    return get_config(name).pretrainable and (Path(checkpoint).parent / "pretrain.json").exists()
+
+
+def seen_corpus_warning(name: str, corpus: str | None, checkpoint: Path | None = None) -> str | None:
+    """One line saying that backbone `name`'s checkpoint was trained on (part of) test corpus `corpus`, or None.
+
+    None when `corpus` is None or shares nothing with the corpora the checkpoint's authors state; an empty
+    `trained_on` ("not stated") gives None too, which is no evidence that the corpus was unseen. Given the
+    `checkpoint` path, a pretrainable backbone's file made by `enecg pretrain` gives None (see `made_by_pretrain`).
+    """
+    if corpus is None or not str(corpus).strip():
+        return None
+    if checkpoint is not None and made_by_pretrain(name, checkpoint):
+        return None
+    config = get_config(name)
+    wanted = corpus_id(corpus)
+    parts = expand_corpora([wanted])
+    reasons = []
+    for trained in config.trained_on:
+        inside = expand_corpora([trained])
+        shared = inside & parts
+        if not shared:
+            continue
+        reason = trained + (" (with its labels)" if trained in config.trained_on_labels else "")
+        if trained == wanted:
+            pass
+        elif wanted in inside:
+            reason += f", which includes {wanted}"
+        elif trained in parts:
+            reason += f", which is part of {wanted}"
+        elif parts - {wanted} <= inside:
+            reason += f", which includes every part of {wanted}"
+        else:
+            shared_leaves = sorted(shared - set(COMPOSITE_CORPORA)) or sorted(shared)
+            reason += f", which shares {', '.join(shared_leaves)} with {wanted}"
+        reasons.append(reason)
+    if not reasons:
+        return None
+    line = (
+        f"checkpoint {config.name} ({config.checkpoint_file}) was trained on {'; '.join(reasons)}: "
+        "test records may have been its training records"
+    )
+    if config.pretrainable:
+        line += (
+            f" (if it is the published file; one made by `enecg pretrain --model {config.name}` saw only this "
+            "corpus's training records)"
+        )
+    return line
 
 
 def build_backbone(name: str, checkpoint: Path | None = None) -> Backbone:

@@ -77,6 +77,12 @@ CONFIG = BackboneConfig(
     source="EnECG release checkpoints/DLinear/checkpoint.pth, or `enecg pretrain --model dlinear`",
     pretrainable=True,
     native_outputs=("forecast",),
+    trained_on=("mimic-iv-ecg",),
+    trained_on_source=(
+        "EnECG's authors (yuhaoxu99/EnECG README.md; Xu et al., arXiv 2511.22935): MIMIC-IV-ECG, the one corpus "
+        "they prepare, for the release checkpoints/DLinear/checkpoint.pth; a checkpoint made by `enecg pretrain "
+        "--model dlinear` saw only this corpus's own training records, without labels"
+    ),
 )
 
 

@@ -1,7 +1,8 @@
 """ECG-FM (bowang-lab/ECG-FM), natively in PyTorch: loads the published fairseq-signals checkpoints without fairseq.
 
 ECG-FM is a wav2vec 2.0 / CMSC transformer (fairseq-signals `ecg_transformer`) pretrained on MIMIC-IV-ECG and
-PhysioNet 2021. One 5 s window of 12 leads at 500 Hz goes through
+PhysioNet 2021, which includes PTB-XL (`trained_on`); the finetuned file saw PhysioNet 2021's labels too. One
+5 s window of 12 leads at 500 Hz goes through
 
     conv feature extractor   4 x Conv1d(k=2, stride=2, no bias) + GELU; GroupNorm(one group per channel) on the
                              first only ("default" extractor mode)          [B, 12, 2500] -> [B, 256, 156]
@@ -266,6 +267,11 @@ class ECGFM(Backbone):
         embedding_dim=768,
         checkpoint_file="mimic_iv_ecg_physionet_pretrained.pt",
         source=f"{SOURCE}, file mimic_iv_ecg_physionet_pretrained.pt",
+        trained_on=("mimic-iv-ecg", "physionet-2021"),
+        trained_on_source=(
+            "bowang-lab/ECG-FM README.md: pretrained (self-supervised) on MIMIC-IV-ECG v1.0 and PhysioNet 2021 "
+            "v1.0.3; fairseq-signals' PhysioNet 2021 preprocessing skips ptb and st_petersburg_incart by default"
+        ),
     )
 
     def __init__(self, cfg: ECGFMConfig):
@@ -311,6 +317,12 @@ class ECGFMFinetuned(ECGFM):
         checkpoint_file="physionet_finetuned.pt",
         source=f"{SOURCE}, file physionet_finetuned.pt (published 2024; later replaced by mimic_iv_ecg_finetuned.pt)",
         native_outputs=("logits",),
+        trained_on=("mimic-iv-ecg", "physionet-2021"),
+        trained_on_labels=("physionet-2021",),
+        trained_on_source=(
+            "bowang-lab/ECG-FM README.md: fine-tuned from mimic_iv_ecg_physionet_pretrained.pt (MIMIC-IV-ECG v1.0 "
+            "+ PhysioNet 2021 v1.0.3) on PhysioNet 2021 v1.0.3 with its labels"
+        ),
     )
 
 

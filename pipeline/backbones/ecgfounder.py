@@ -5,7 +5,8 @@ Native PyTorch port of `net1d.py` from PKUDigitalHealth/ECGFounder that loads th
 7 stages of bottleneck blocks (filters 64-160-160-400-400-1024-1024, blocks 2-2-2-3-3-4-4, kernel 16,
 stride 2, grouped convolutions 16 channels wide, squeeze-and-excitation, Swish), BatchNorm and dropout
 switched off, and a 150-label linear head. The embedding is the 1024-d time-mean of the last stage; the
-150 label logits are kept as the native output "logits".
+150 label logits are kept as the native output "logits". Both files were trained, with their labels, on the
+Harvard-Emory ECG Database (`trained_on`), not on any PhysioNet corpus.
 
 Things that look odd here are the reference's behaviour, reproduced on purpose:
 - convolutions pad "SAME" TensorFlow-style, computed from the input length on every call;
@@ -44,6 +45,11 @@ MAINS_HZ = 50.0
 """The reference notches 50 Hz whatever the recording's origin (its training data, HEEDB, is American);
 we keep that so inputs look like what the weights were trained on. 60 Hz mains is still cut to about 3 %
 of its amplitude by the forward-backward 40 Hz low-pass edge."""
+
+FOUNDER_TRAINED_ON = (
+    "Li et al., NEJM AI 2025 (arXiv 2410.04133; PKUDigitalHealth/ECGFounder): built on 10,771,552 ECGs of "
+    "1,818,247 subjects with 150 label categories from the Harvard-Emory ECG Database (supervised)"
+)
 
 
 @dataclass(frozen=True)
@@ -289,6 +295,9 @@ class ECGFounder(Backbone):
         checkpoint_file="12_lead_ECGFounder.pth",
         source="https://huggingface.co/PKUDigitalHealth/ECGFounder (12_lead_ECGFounder.pth)",
         native_outputs=("logits",),
+        trained_on=("heedb",),
+        trained_on_labels=("heedb",),
+        trained_on_source=FOUNDER_TRAINED_ON,
     )
 
     def __init__(self, checkpoint: Path):
@@ -341,6 +350,9 @@ class ECGFounder1Lead(ECGFounder):
         checkpoint_file="1_lead_ECGFounder.pth",
         source="https://huggingface.co/PKUDigitalHealth/ECGFounder (1_lead_ECGFounder.pth)",
         native_outputs=("logits",),
+        trained_on=("heedb",),
+        trained_on_labels=("heedb",),
+        trained_on_source=FOUNDER_TRAINED_ON + "; this is the paper's single-lead variant",
     )
 
 

@@ -144,6 +144,17 @@ class HuBERTECG(Backbone):
         return {"embedding": hidden.mean(dim=1).reshape(batch, count, -1).mean(dim=1)}
 
 
+# Which corpora make up the 9.1M pretraining ECGs is not stated in the repository or on the model cards, so
+# `trained_on` stays empty; the corpus list they do give is that of the separate fine-tuned (SFT) checkpoints.
+TRAINED_ON_SOURCE = (
+    "not stated as a corpus list: Edoar-do/HuBERT-ECG README.md and the Edoardo-BS/hubert-ecg-* cards say "
+    "pre-trained (self-supervised) on 9.1 million 12-lead ECGs from four countries (medRxiv "
+    "10.1101/2024.11.14.24317328); the corpora they name (Cardio-Learning: PTB, PTB-XL, CPSC, CPSC-Extra, "
+    "Georgia, Chapman, Ningbo, SPH, CODE, SaMi-Trop, Hefei) are the fine-tuning set of the separate "
+    "HuBERT-ECG-SFT-CardioLearning checkpoints"
+)
+
+
 def _register(size: str, hidden_size: int) -> None:
     config = BackboneConfig(
         name=f"hubert-ecg-{size}",
@@ -151,6 +162,7 @@ def _register(size: str, hidden_size: int) -> None:
         embedding_dim=hidden_size,
         checkpoint_file=f"hubert-ecg-{size}",
         source=f"https://huggingface.co/Edoardo-BS/hubert-ecg-{size} (folder: config.json + model.safetensors)",
+        trained_on_source=TRAINED_ON_SOURCE,
     )
 
     @register_backbone(config)

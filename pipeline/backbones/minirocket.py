@@ -77,6 +77,10 @@ CONFIG = BackboneConfig(
     checkpoint_file="checkpoint.pth",
     source="fitted on the corpus by `enecg pretrain --model minirocket`",
     pretrainable=True,
+    trained_on_source=(
+        "no published checkpoint: `enecg pretrain --model minirocket` fits it on this corpus's own training "
+        "records, without labels (its PPV biases are quantiles of their convolution outputs)"
+    ),
 )
 
 

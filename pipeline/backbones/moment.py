@@ -171,6 +171,12 @@ def _register(size: str, d_model: int) -> None:
         embedding_dim=d_model,
         checkpoint_file=f"MOMENT-1-{size}",
         source=f"https://huggingface.co/AutonLab/MOMENT-1-{size} (folder: config.json + model.safetensors)",
+        trained_on=("time-series-pile",),
+        trained_on_source=(
+            "moment-timeseries-foundation-model/moment README.md (Goswami et al., ICML 2024) and the "
+            "AutonLab/Timeseries-PILE card: pretrained (masked reconstruction) on the Time-series Pile: Informer "
+            "long-horizon datasets, Monash archive, UCR/UEA classification archive, TSB-UAD"
+        ),
     )
 
     @register_backbone(config)

@@ -73,6 +73,12 @@ CONFIG = BackboneConfig(
     embedding_dim=PRED_LEN,
     checkpoint_file="TEMPO-80M_v1.pth",
     source="https://huggingface.co/Melady/TEMPO (file TEMPO-80M_v1.pth)",
+    trained_on=("ett",),
+    trained_on_source=(
+        "Melady/TEMPO model card metadata: datasets ETDataset/ett, base model openai-community/gpt2 (text); the "
+        "full pre-training mix of TEMPO-80M_v1.pth is not stated (DC-research/TEMPO README.md pre-trains on "
+        "forecasting benchmarks: ETT, electricity, traffic, weather); no ECG corpus is named"
+    ),
 )
 
 

@@ -204,6 +204,12 @@ CONFIG = BackboneConfig(
     source="EnECG release checkpoints/TimesNet/checkpoint.pth, or `enecg pretrain --model timesnet`",
     pretrainable=True,
     native_outputs=("forecast",),
+    trained_on=("mimic-iv-ecg",),
+    trained_on_source=(
+        "EnECG's authors (yuhaoxu99/EnECG README.md; Xu et al., arXiv 2511.22935): MIMIC-IV-ECG, the one corpus "
+        "they prepare, for the release checkpoints/TimesNet/checkpoint.pth; a checkpoint made by `enecg pretrain "
+        "--model timesnet` saw only this corpus's own training records, without labels"
+    ),
 )
 
 
