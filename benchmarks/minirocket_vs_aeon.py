@@ -32,7 +32,7 @@ from sklearn.linear_model import RidgeClassifierCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.backbones.minirocket import KERNEL_LENGTH, NUM_KERNELS, MiniRocket, checkpoint_from_aeon, fit
+from pipeline.stage_one.backbones.minirocket import KERNEL_LENGTH, NUM_KERNELS, MiniRocket, checkpoint_from_aeon, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.parity import FIXTURE_MODULES, fixture_outputs, fixture_tolerance, max_abs_difference
+from pipeline.stage_one.parity import FIXTURE_MODULES, fixture_outputs, fixture_tolerance, max_abs_difference
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.shared_dir import FIXTURES  # noqa: E402  ($ENECG_SHARED, else ../shared)

@@ -38,7 +38,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +92,7 @@ def write_params(work: Path, manifest: Path, tasks: dict, bootstrap: int) -> lis
     """work/params.yaml from the project's params.yaml; returns the benchmark's tasks."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     names = [t for t in MULTILABEL_TASKS + OTHER_TASKS if t in tasks]  # the label table has no `diagnostic`
-    params["data"] = {"manifest": str(manifest), "root": str(work)}
+    params["data"] = {"manifest": str(manifest), "root": str(work), "corpus": "ptb-xl"}
     # the records are 100 Hz; every backbone resamples to its own rate, so 500 Hz would only bloat the store
     params["prepare"].update(sampling_rate=100, seconds=10, min_seconds=10)
     params["split"] = {"method": "fold", "train_folds": list(range(1, 9)), "test_folds": [10], "k": 3, "seed": 0}
@@ -247,9 +246,9 @@ def reading(reports: dict[str, dict]) -> str:
 
 def per_label_table(work: Path, task: str, report: dict) -> list[str]:
     """Per-label test AUROC of each probe and expert, the mean and the MoE, with each label's positives."""
-    from pipeline.dataset import load_task_data
-    from pipeline.evaluation import test_candidates
-    from pipeline.metrics import per_label_auroc
+    from pipeline.stage_two.dataset import load_task_data
+    from pipeline.stage_two.evaluation import test_candidates
+    from pipeline.stage_two.metrics import per_label_auroc
     from pipeline.params import load_params
 
     here = Path.cwd()
@@ -286,7 +285,7 @@ def write_json_summary(reports: dict[str, dict]) -> Path:
 
 def qc_summary(work: Path) -> list[str]:
     """prepare's summary (corpus.zarr attrs) and the reason of every excluded record."""
-    from pipeline.corpus import open_corpus
+    from pipeline.stores import open_corpus
     from pipeline.stores import strings
 
     corpus = open_corpus(work / "corpus.zarr")

@@ -39,11 +39,11 @@ import zarr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the bad-input catalogue lives with the tests that check it
 
-from pipeline.backbones import LEADS_12  # noqa: E402
-from pipeline.corpus import prepare_corpus  # noqa: E402
+from pipeline.stage_one.backbones import LEADS_12  # noqa: E402
+from pipeline.stage_one.corpus import prepare_corpus  # noqa: E402
 from pipeline.errors import EnECGError  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from pipeline.signals import load_canonical  # noqa: E402
+from pipeline.stage_one.signals import load_canonical  # noqa: E402
 from pipeline.tasks import Task  # noqa: E402
 from tests.test_bad_records import BAD_LINES, REAL, SETTINGS, check_kept, make_records, manifest_rows, write_manifest  # noqa: E402
 from tests.test_kill_resume import ENECG, kill_at_random  # noqa: E402

@@ -23,14 +23,16 @@ import numpy as np
 import torch
 from peft import get_peft_model
 
-from pipeline.backbones import build_backbone
-from pipeline.dataset import load_task_data
+from pipeline.stage_one.backbones import build_backbone
+from pipeline.stage_two.dataset import load_task_data
 from pipeline.ensemble import fit_expert, gate_lead_features
-from pipeline.extract import backbone_inputs, open_embeddings
-from pipeline.gate import Gate, combine, fit_gate, gate_input
-from pipeline.heads import Head, _lora_config
-from pipeline.params import embeddings_path, load_params
-from pipeline.tasks import head_loss, prediction_loss, to_prediction
+from pipeline.stage_one.extract import backbone_inputs
+from pipeline.stores import open_embeddings
+from pipeline.stage_two.gate import Gate, combine, fit_gate, gate_input
+from pipeline.stage_two.heads import Head, _lora_config
+from pipeline.params import load_params
+from pipeline.layout import embeddings_path
+from pipeline.stage_two.losses import prediction_loss, to_prediction
 
 
 def cached_way(data, backbones: list[str], heads: dict, gate: dict) -> float:

@@ -19,7 +19,7 @@ made the way each backbone's tests make them:
   plus the hand-named heads, as the published files hold them.
 
 What is timed, per backbone: a batch of 10 s 12-lead 500 Hz records (neurokit2-simulated ECGs, as in the demo
-corpus) goes through `pipeline.extract.backbone_inputs` (lead selection, resampling to the backbone's rate, its
+corpus) goes through `pipeline.stage_one.extract.backbone_inputs` (lead selection, resampling to the backbone's rate, its
 own numpy preprocessing: "preprocess") and then through the backbone under `torch.inference_mode()`, the output
 copied back to the host as `extract` does ("forward"). One smaller warm-up batch runs first (lazy allocations,
 oneDNN kernel choice), then `--batches` timed batches; a smaller warm-up keeps the largest models affordable and
@@ -51,9 +51,9 @@ import torch
 import transformers
 from transformers import HubertConfig, HubertModel, T5Config, T5EncoderModel
 
-from pipeline.backbones import LEADS_12, build_backbone, get_config, get_pretrainer, list_backbones
-from pipeline.demo import SAMPLING_RATE, SECONDS, simulate_record
-from pipeline.extract import backbone_inputs, to_spec
+from pipeline.stage_one.backbones import LEADS_12, build_backbone, get_config, get_pretrainer, list_backbones
+from pipeline.stage_one.demo import SAMPLING_RATE, SECONDS, simulate_record
+from pipeline.stage_one.extract import backbone_inputs, to_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.shared_dir import FIXTURES  # noqa: E402  ($ENECG_SHARED, else ../shared)
@@ -339,7 +339,7 @@ def write_report(path: Path, results: dict) -> None:
         "Command: `nice -n 15 python benchmarks/throughput.py` (the script's docstring says how the full-size",
         "checkpoints are made and what is timed; `--backbones NAME...`, `--batch-size`, `--device cuda --bf16`).",
         "Each backbone loads a full-size random-weight checkpoint in its native format through `build_backbone`;",
-        "10 s 12-lead 500 Hz simulated records go through `pipeline.extract.backbone_inputs` (preprocess: leads,",
+        "10 s 12-lead 500 Hz simulated records go through `pipeline.stage_one.extract.backbone_inputs` (preprocess: leads,",
         "resampling, the model's own numpy preprocessing) and the frozen forward under `torch.inference_mode`",
         "(forward). ECGs/s = batch / (preprocess + forward), after one smaller warm-up batch. Parameters count the",
         "loaded module's `nn.Parameter`s (MiniRocket's fitted kernels and biases are buffers); checkpoint is the",

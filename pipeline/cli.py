@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -131,7 +130,9 @@ def evaluate(task: str = typer.Option(..., "--task", "-t", help=TASK_HELP), para
 @user_errors
 def fit_ensemble(task: str = typer.Option(..., "--task", "-t", help=TASK_HELP), params: Path = PARAMS):
     """fit-heads for every backbone, then fit-gate, then evaluate, for one task."""
-    from stages import evaluate, fit_gate as gate_stage, fit_heads as heads_stage
+    from stages import evaluate
+    from stages import fit_gate as gate_stage
+    from stages import fit_heads as heads_stage
 
     loaded = load_params(params)
     for name in loaded["backbones"]:
@@ -180,8 +181,14 @@ def backbones(
     from rich.table import Table
     from rich.text import Text
 
-    from pipeline.backbones import (
-        CORPORA, LEADS_12, checkpoint_sha256, corpus_id, list_backbones, made_by_pretrain, seen_corpus_warning,
+    from pipeline.stage_one.backbones import (
+        CORPORA,
+        LEADS_12,
+        checkpoint_sha256,
+        corpus_id,
+        list_backbones,
+        made_by_pretrain,
+        seen_corpus_warning,
     )
 
     configs = list_backbones()
@@ -242,7 +249,7 @@ def backbones(
 @user_errors
 def specs(out: Path = typer.Option(Path("specs"), help="folder to write one JSON per backbone")):
     """Write each backbone's input spec and code hash (DVC re-extracts a backbone only when its file changes)."""
-    from pipeline.specs import write_specs
+    from pipeline.stage_one.specs import write_specs
 
     write_specs(out)
 

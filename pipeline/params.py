@@ -20,30 +20,6 @@ SPLIT_METHODS = ("subject", "fold", "cv")
 GATE_INPUTS = ("leads", "outputs")
 GATE_ABLATIONS = ("constant", "outputs", "leads", "leads+outputs")
 
-CORPUS = Path("corpus.zarr")
-DEMO_ROOT = Path("data/demo")  # the demo corpus's own folder: never the user's data root
-
-
-def embeddings_path(backbone: str) -> Path:
-    return Path("embeddings") / f"{backbone}.zarr"
-
-
-def head_dir(task: str, backbone: str) -> Path:
-    return Path("heads") / task / backbone
-
-
-def gate_dir(task: str) -> Path:
-    return Path("gates") / task
-
-
-def metrics_path(task: str) -> Path:
-    return Path("metrics") / f"{task}.json"
-
-
-def plots_path(task: str) -> Path:
-    return Path("plots") / task / "predictions.csv"
-
-
 class _Checker:
     """Reads values out of the params mapping by dotted key, raising an error that names file, key and expectation."""
 
@@ -123,7 +99,10 @@ def _check_training(check: _Checker, section: str) -> None:
 
 def validate(params: dict, source: Path = Path("params.yaml")) -> dict:
     """Check every field the stages use; returns `params` unchanged (errors name the file and the key)."""
-    from pipeline.backbones import LEADS_12, list_backbones  # the registry imports torch: only here
+    from pipeline.ecg import LEADS_12
+    from pipeline.stage_one.backbones import (
+        list_backbones,  # the registry imports torch: only here
+    )
     from pipeline.tasks import task_from_params
 
     check = _Checker(params, source)
@@ -132,6 +111,8 @@ def validate(params: dict, source: Path = Path("params.yaml")) -> dict:
         raise ManifestError(f"{source}: missing sections {missing}")
     check.text("data.manifest")
     check.text("data.root")
+    if "corpus" in params["data"]:  # which public corpus the manifest is, e.g. ptb-xl: checkpoints that saw it are flagged
+        check.text("data.corpus")
     check.number("prepare.sampling_rate", 0, integer=True, open_low=True)
     seconds = check.number("prepare.seconds", 0, open_low=True)
     check.number("prepare.min_seconds", 0, seconds, open_low=True)

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.backbones import LEADS_12, build_backbone
+from pipeline.ecg import LEADS_12
 from pipeline.errors import RecordError
-from pipeline.experts import load_expert_heads
-from pipeline.extract import backbone_inputs, embed_batches, resolve_device
-from pipeline.gate import lead_signals
-from pipeline.heads import predict as head_predict
-from pipeline.moe import load_gates, moe_predict
-from pipeline.params import gate_dir, head_dir
-from pipeline.signals import QCSettings, load_canonical
+from pipeline.layout import gate_dir, head_dir
+from pipeline.stage_one.backbones import build_backbone
+from pipeline.stage_one.extract import backbone_inputs, embed_batches, resolve_device
+from pipeline.stage_one.signals import QCSettings, load_canonical
+from pipeline.stage_two.experts import load_expert_heads
+from pipeline.stage_two.gate import lead_signals
+from pipeline.stage_two.heads import predict as head_predict
+from pipeline.stage_two.moe import load_gates, moe_predict
 from pipeline.tasks import Task
 
 

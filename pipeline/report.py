@@ -16,18 +16,19 @@ def show_table(title: str, columns: list[str], rows: list[list]) -> None:
     console.print(table)
 
 
+SHOWN = {"regression": ("mae", "r2"), "binary": ("auroc", "auprc", "f1_pos", "accuracy"), "multiclass": ("auroc", "auprc", "f1", "accuracy"),
+         "multilabel": ("auroc", "auprc", "f1", "accuracy")}
+
+
 def show_metrics(report: dict) -> None:
-    """One row per metric; a column per candidate (probes, experts, mean, MoE, ablations) and per paired
-    difference (MoE - best expert, MoE - mean): the value and its bootstrap interval."""
-    columns = {**report["models"], **report["paired"]}
-    metrics = list(next(iter(columns.values())))
-    rows = [
-        [metric, *[f"{c[metric]['value']:.4g}\n[{c[metric]['low']:.3g}, {c[metric]['high']:.3g}]" for c in columns.values()]]
-        for metric in metrics
-    ]
+    """One row per candidate (probes, experts, mean, MoE, ablations) and per paired difference (MoE - best
+    expert, MoE - mean); a column per headline metric: value and bootstrap interval (all metrics: the JSON)."""
+    rows = {**report["models"], **report["paired"]}
+    metrics = [m for m in SHOWN[report["type"]] if m in next(iter(rows.values()))]
     boot = report["bootstrap"]
     title = (
         f"{report['task']} ({report['type']}): test n={report['n_test']} records of {boot['subjects']} subjects; "
         f"{boot['confidence']:.0%} CI from {boot['resamples_used']}/{boot['resamples']} subject resamples; best expert {report['best_expert']}"
     )
-    show_table(title, ["metric", *columns], rows)
+    cells = [[name, *[f"{row[m]['value']:.4g} [{row[m]['low']:.3g}, {row[m]['high']:.3g}]" for m in metrics]] for name, row in rows.items()]
+    show_table(title, ["candidate", *metrics], cells)

@@ -13,11 +13,16 @@ of one task never see a test subject of another. Three methods (params.yaml `spl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import zarr
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
-from pipeline.errors import ManifestError
+from pipeline.errors import ManifestError, StoreError
+from pipeline.layout import CORPUS
+from pipeline.manifests import read_manifest
+from pipeline.stores import open_corpus, strings
 
 
 @dataclass(frozen=True)
@@ -61,3 +66,13 @@ def make_split(subjects: np.ndarray, usable: np.ndarray, settings: dict, folds: 
     for fold, (_, held_out) in enumerate(kfold.split(train, groups=subjects[train])):
         fold_of_train[held_out] = fold
     return Split(train=train, test=test, fold_of_train=fold_of_train)
+
+
+def corpus_split(params: dict, corpus_path: Path = CORPUS) -> tuple[zarr.Group, list, Split]:
+    """The corpus, its manifest records, and the split of its QC-passed rows (the same for every task)."""
+    records = read_manifest(Path(params["data"]["manifest"]))
+    corpus = open_corpus(corpus_path)
+    if list(strings(corpus["record_id"])) != [record.record_id for record in records]:
+        raise StoreError(f"{corpus_path} was prepared from another manifest than {params['data']['manifest']}; run `enecg prepare`")
+    folds = np.array([-1 if record.fold is None else record.fold for record in records])
+    return corpus, records, make_split(strings(corpus["subject_id"]), corpus["qc_ok"][:], params["split"], folds)

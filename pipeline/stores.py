@@ -189,3 +189,19 @@ def open_complete(path: Path, how_to_make: str) -> zarr.Group:
 def strings(array) -> np.ndarray:
     """A Zarr string array as a plain numpy array of Python str."""
     return np.array([str(value) for value in array[:]], dtype=object).astype(str)
+
+
+CORPUS_HINT = "enecg prepare"
+
+
+def open_corpus(path: Path) -> zarr.Group:
+    """corpus.zarr, complete and a corpus (what `prepare` writes and every later stage reads)."""
+    group = open_complete(path, CORPUS_HINT)
+    if "signals" not in group:
+        raise StoreError(f"{path} is not a corpus store (no 'signals'); run `{CORPUS_HINT}`")
+    return group
+
+
+def open_embeddings(path: Path, name: str) -> zarr.Group:
+    """embeddings/NAME.zarr, complete (what `extract` writes and stage two reads)."""
+    return open_complete(path, f"enecg extract --model {name}")

@@ -1,6 +1,7 @@
 """Prediction tasks: what a label field means, how it becomes a training target, and how outputs combine.
 
-Four task types. Heads output, and the ensemble combines, in the space where a weighted sum is meaningful:
+Four task types (their losses and output spaces: pipeline.stage_two.losses). Heads output, and the ensemble
+combines, in the space where a weighted sum is meaningful:
 - regression: the value itself (heads learn a standardised target and undo the scaling);
 - binary: the probability of class 1, [N, 1];
 - multiclass: class probabilities, [N, K] (the MoE is then a proper mixture of the experts' distributions);
@@ -12,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from pipeline.errors import ManifestError
 from pipeline.manifests import ManifestRecord
@@ -87,35 +87,3 @@ def targets(task: Task, records: list[ManifestRecord]) -> tuple[np.ndarray, np.n
             values[row, [index[item] for item in value]] = 1.0
         present[row] = True
     return values, present
-
-
-def head_loss(task: Task, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Training loss on a head's raw outputs (logits, or the standardised value for regression)."""
-    if task.type == "regression":
-        return torch.nn.functional.mse_loss(outputs[:, 0], target)
-    if task.type == "binary":
-        return torch.nn.functional.binary_cross_entropy_with_logits(outputs[:, 0], target)
-    if task.type == "multiclass":
-        return torch.nn.functional.cross_entropy(outputs, target)
-    return torch.nn.functional.binary_cross_entropy_with_logits(outputs, target)
-
-
-def to_prediction(task: Task, outputs: torch.Tensor) -> torch.Tensor:
-    """Raw head outputs -> the prediction space in which experts are averaged (see module docstring)."""
-    if task.type == "regression":
-        return outputs
-    if task.type == "multiclass":
-        return torch.softmax(outputs, dim=-1)
-    return torch.sigmoid(outputs)
-
-
-def prediction_loss(task: Task, prediction: torch.Tensor, target: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Loss of an (ensembled) prediction: MSE in units of `scale` for regression, negative log-likelihood otherwise."""
-    eps = 1e-7
-    if task.type == "regression":
-        return torch.mean(((prediction[:, 0] - target) / scale) ** 2)
-    if task.type == "multiclass":
-        return torch.nn.functional.nll_loss(torch.log(prediction.clamp_min(eps)), target)
-    probability = prediction.clamp(eps, 1 - eps)
-    target = target.reshape(probability.shape)
-    return -torch.mean(target * torch.log(probability) + (1 - target) * torch.log(1 - probability))

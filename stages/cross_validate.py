@@ -1,7 +1,7 @@
 """`enecg cross-validate --task T`: EnECG's k-fold protocol, stage two once per test fold (not a DVC stage)."""
 
-from pipeline.crossval import cross_validate
 from pipeline.report import show_table
+from pipeline.stage_two.crossval import cross_validate
 from stages import evaluate, fit_gate, fit_heads
 
 

@@ -6,8 +6,8 @@ before running it, so an output that could be the user's data root would delete 
 
 from pathlib import Path
 
-from pipeline.demo import make_demo_corpus
-from pipeline.params import DEMO_ROOT
+from pipeline.layout import DEMO_ROOT
+from pipeline.stage_one.demo import make_demo_corpus
 
 
 def run(params: dict) -> Path:

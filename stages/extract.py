@@ -1,7 +1,7 @@
 """Stage `extract`: one frozen backbone over the corpus -> embeddings/NAME.zarr."""
 
-from pipeline.extract import extract_embeddings
-from pipeline.params import CORPUS, embeddings_path
+from pipeline.layout import CORPUS, embeddings_path
+from pipeline.stage_one.extract import extract_embeddings
 
 
 def run(params: dict, model: str, stop_after_chunks: int | None = None) -> dict:

@@ -1,9 +1,9 @@
 """Stage `fit_gate`: the MoE gate of one task (and its ablations), trained on the experts' out-of-fold
 predictions -> gates/TASK/."""
 
-from pipeline.dataset import load_task_data
-from pipeline.moe import fit_task_gates, save_gates
-from pipeline.params import gate_dir
+from pipeline.layout import gate_dir
+from pipeline.stage_two.dataset import load_task_data
+from pipeline.stage_two.moe import fit_task_gates, save_gates
 from pipeline.stores import provenance
 
 

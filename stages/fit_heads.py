@@ -1,10 +1,9 @@
 """Stage `fit_heads`: one task x one backbone -> heads/TASK/BACKBONE/ (k fold heads + out-of-fold predictions)."""
 
-from pipeline.dataset import load_task_data
-from pipeline.experts import fit_expert, save_expert
-from pipeline.extract import open_embeddings
-from pipeline.params import embeddings_path, head_dir
-from pipeline.stores import provenance
+from pipeline.layout import embeddings_path, head_dir
+from pipeline.stage_two.dataset import load_task_data
+from pipeline.stage_two.experts import fit_expert, save_expert
+from pipeline.stores import open_embeddings, provenance
 
 
 def run(params: dict, task: str, model: str) -> dict:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from pipeline.predict import predict_records
 from pipeline.report import show_table
-from pipeline.signals import QCSettings
+from pipeline.stage_one.signals import QCSettings
 from pipeline.tasks import task_from_params
 
 

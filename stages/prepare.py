@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from pipeline.corpus import prepare_corpus
-from pipeline.params import CORPUS
+from pipeline.layout import CORPUS
 from pipeline.report import show_table
-from pipeline.signals import QCSettings
+from pipeline.stage_one.corpus import prepare_corpus
+from pipeline.stage_one.signals import QCSettings
 
 
 def run(params: dict, strict: bool = False) -> dict:

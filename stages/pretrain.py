@@ -1,12 +1,11 @@
 """Stage `pretrain`: make a pretrainable backbone's checkpoint from the corpus (self-supervised, no labels)."""
 
-from pathlib import Path
 
 import numpy as np
 
-from pipeline.backbones import default_checkpoint, get_config, get_pretrainer
-from pipeline.dataset import corpus_split
-from pipeline.extract import to_spec
+from pipeline.splits import corpus_split
+from pipeline.stage_one.backbones import default_checkpoint, get_config, get_pretrainer
+from pipeline.stage_one.extract import to_spec
 from pipeline.stores import write_json
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.backbones import build_backbone, get_config, get_pretrainer
-from pipeline.backbones.dlinear import DLinear
+from pipeline.stage_one.backbones import build_backbone, get_config, get_pretrainer
+from pipeline.stage_one.backbones.dlinear import DLinear
 from pipeline.errors import CheckpointError, ManifestError
 from tests.conftest import DATA, FIXTURES, need_shared
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.backbones import load_state_dict_strict
-from pipeline.backbones.ecgfm import build_finetuned, build_from_cfg, build_pretrained, native_to_module_keys
+from pipeline.stage_one.backbones import load_state_dict_strict
+from pipeline.stage_one.backbones.ecgfm import build_finetuned, build_from_cfg, build_pretrained, native_to_module_keys
 from pipeline.errors import CheckpointError
 from tests.conftest import FIXTURES, need_shared
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.backbones import LEADS_12, build_backbone, get_config
-from pipeline.backbones.ecgfounder import (
+from pipeline.stage_one.backbones import LEADS_12, build_backbone, get_config
+from pipeline.stage_one.backbones.ecgfounder import (
     PUBLISHED_1_LEAD,
     PUBLISHED_12_LEAD,
     ECGFounder,

@@ -8,8 +8,8 @@ import safetensors.torch
 import torch
 from transformers import HubertConfig, HubertModel
 
-from pipeline.backbones import build_backbone
-from pipeline.backbones.hubert_ecg import hubert_ecg_model, load_model
+from pipeline.stage_one.backbones import build_backbone
+from pipeline.stage_one.backbones.hubert_ecg import hubert_ecg_model, load_model
 from pipeline.errors import CheckpointError
 from tests.conftest import FIXTURES, need_shared
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from aeon.transformations.collection.convolution_based import MiniRocket as AeonMiniRocket
 
-from pipeline.backbones import build_backbone, get_config, get_pretrainer
-from pipeline.backbones.minirocket import (
+from pipeline.stage_one.backbones import build_backbone, get_config, get_pretrainer
+from pipeline.stage_one.backbones.minirocket import (
     KERNEL_LENGTH,
     NUM_KERNELS,
     MiniRocket,

@@ -8,8 +8,8 @@ import safetensors.torch
 import torch
 from transformers import T5Config, T5EncoderModel
 
-from pipeline.backbones import build_backbone
-from pipeline.backbones.moment import MOMENTModel
+from pipeline.stage_one.backbones import build_backbone
+from pipeline.stage_one.backbones.moment import MOMENTModel
 from pipeline.errors import CheckpointError
 from tests.conftest import FIXTURES, need_shared
 

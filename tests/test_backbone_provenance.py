@@ -8,7 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline import cli
-from pipeline.backbones import (
+from pipeline.stage_one.backbones import (
     COMPOSITE_CORPORA,
     COMPOSITE_CORPORA_SOURCE,
     CORPORA,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.backbones import _REGISTRY, LEADS_12
-from pipeline.backbones.tempo import CONFIG, SEQ_LEN, TEMPO, load_tempo, tempo
+from pipeline.stage_one.backbones import _REGISTRY, LEADS_12
+from pipeline.stage_one.backbones.tempo import CONFIG, SEQ_LEN, TEMPO, load_tempo, tempo
 from pipeline.errors import CheckpointError
 from tests.conftest import FIXTURES, need_shared
 

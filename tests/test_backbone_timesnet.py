@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.backbones import build_backbone, get_config, get_pretrainer
-from pipeline.backbones.timesnet import TimesNet
+from pipeline.stage_one.backbones import build_backbone, get_config, get_pretrainer
+from pipeline.stage_one.backbones.timesnet import TimesNet
 from pipeline.errors import CheckpointError
 from tests.conftest import FIXTURES, need_shared
 from tests.test_backbone_dlinear import sine_records

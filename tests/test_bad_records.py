@@ -20,12 +20,12 @@ import pytest
 import wfdb
 import yaml
 
-from pipeline.backbones import LEADS_12
-from pipeline.corpus import prepare_corpus
+from pipeline.stage_one.backbones import LEADS_12
+from pipeline.stage_one.corpus import prepare_corpus
 from pipeline.errors import ManifestError, RecordError
 from pipeline.manifests import read_manifest
 from pipeline.params import load_params
-from pipeline.signals import QCSettings, load_canonical, read_record, to_canonical
+from pipeline.stage_one.signals import QCSettings, load_canonical, read_record, to_canonical
 from pipeline.stores import open_complete, strings
 from pipeline.tasks import Task, task_from_params
 from tests.conftest import DATA, need_shared

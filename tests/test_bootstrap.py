@@ -7,7 +7,7 @@ import pytest
 from sklearn import metrics as sk
 from threadpoolctl import threadpool_limits
 
-from pipeline.metrics import (
+from pipeline.stage_two.metrics import (
     average_precision,
     best_expert,
     compute_metrics,

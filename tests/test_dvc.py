@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.demo import make_demo_corpus
+from pipeline.stage_one.demo import make_demo_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -92,11 +92,11 @@ def test_repro_reruns_only_what_changed_and_never_touches_the_users_data(dvc_pro
     assert repro(dvc_project) == {"fit_heads@rr_interval-dlinear", "fit_gate@rr_interval", "evaluate@rr_interval"}
 
     # an edited stage-two module reruns exactly the stages that run it (an unchanged result stops there)
-    touch_module(dvc_project, "pipeline/metrics.py")
+    touch_module(dvc_project, "pipeline/stage_two/metrics.py")
     assert repro(dvc_project) == {"evaluate@rr_interval"}
-    touch_module(dvc_project, "pipeline/gate.py")
+    touch_module(dvc_project, "pipeline/stage_two/gate.py")
     assert repro(dvc_project) == {"fit_gate@rr_interval", "evaluate@rr_interval"}
-    touch_module(dvc_project, "pipeline/heads.py")
+    touch_module(dvc_project, "pipeline/stage_two/heads.py")
     assert repro(dvc_project) == {"fit_heads@rr_interval-dlinear"}
 
     def add_minirocket(params):

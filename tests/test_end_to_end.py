@@ -10,14 +10,14 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.dataset import load_task_data
-from pipeline.experts import expert_predictions
-from pipeline.moe import gate_lead_signals, load_gates, moe_predict
-from pipeline.extract import extract_embeddings
 from pipeline.manifests import read_manifest
 from pipeline.params import load_params
 from pipeline.predict import predict_records
-from pipeline.signals import QCSettings
+from pipeline.stage_one.extract import extract_embeddings
+from pipeline.stage_one.signals import QCSettings
+from pipeline.stage_two.dataset import load_task_data
+from pipeline.stage_two.moe import gate_lead_signals, load_gates, moe_predict
+from pipeline.stage_two.predictions import expert_predictions
 from pipeline.stores import open_complete
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from pipeline.errors import ManifestError, RecordError
 from pipeline.manifests import ManifestRecord, parse_line, read_manifest, resolve_record
-from pipeline.signals import QCSettings, load_canonical
+from pipeline.stage_one.signals import QCSettings, load_canonical
 from tests.test_bad_records import write
 
 FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -29,12 +29,12 @@ import torch
 import wfdb
 import yaml
 
-from pipeline.backbones import LEADS_12, build_backbone, checkpoint_sha256
-from pipeline.backbones.dlinear import DLinear
-from pipeline.corpus import prepare_corpus
+from pipeline.stage_one.backbones import LEADS_12, build_backbone, checkpoint_sha256
+from pipeline.stage_one.backbones.dlinear import DLinear
+from pipeline.stage_one.corpus import prepare_corpus
 from pipeline.errors import CheckpointError, StoreError
-from pipeline.extract import extract_embeddings
-from pipeline.signals import QCSettings
+from pipeline.stage_one.extract import extract_embeddings
+from pipeline.stage_one.signals import QCSettings
 from pipeline.stores import open_complete
 
 pytestmark = pytest.mark.slow  # subprocesses: each `enecg` start imports torch and scipy (seconds)
@@ -310,12 +310,12 @@ def test_killed_fit_heads_never_leaves_a_half_written_head(project, reference_em
     heads = folder / "heads" / "rr_interval" / "dlinear"
     finished = artifact(heads)
     # Killed while saving: fold 0's files are written into the temporary folder, fold 1's are not.
-    enecg(folder, "fit-heads", "-t", "rr_interval", "-m", "dlinear", kill_at=("pipeline.experts:save_head", 1))
+    enecg(folder, "fit-heads", "-t", "rr_interval", "-m", "dlinear", kill_at=("pipeline.stage_two.experts:save_head", 1))
     leftovers = list(heads.parent.glob(".dlinear.tmp-*"))
     assert len(leftovers) == 1 and (leftovers[0] / "fold0").exists() and not (leftovers[0] / "fold1").exists()
     assert artifact(heads) == finished  # the previous complete head is untouched
     shutil.rmtree(heads)
-    enecg(folder, "fit-heads", "-t", "rr_interval", "-m", "dlinear", kill_at=("pipeline.experts:save_head", 1))
+    enecg(folder, "fit-heads", "-t", "rr_interval", "-m", "dlinear", kill_at=("pipeline.stage_two.experts:save_head", 1))
     assert not heads.exists()  # no head rather than half a head
     with pytest.raises(StoreError, match=r"heads/rr_interval/dlinear/predictions\.npz does not exist; run `enecg fit-heads"):
         fit_gate.run({**params, "backbones": ["dlinear"]}, "rr_interval")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.parity import FIXTURE_MODULES, fixture_outputs, fixture_tolerance
+from pipeline.stage_one.parity import FIXTURE_MODULES, fixture_outputs, fixture_tolerance
 from tests.conftest import FIXTURES, need_shared
 
 

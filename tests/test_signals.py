@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import wfdb
 
-from pipeline.backbones import LEADS_12
+from pipeline.stage_one.backbones import LEADS_12
 from pipeline.errors import RecordError
-from pipeline.signals import QCSettings, check_quality, load_canonical, read_record, resample
+from pipeline.stage_one.signals import QCSettings, check_quality, load_canonical, read_record, resample
 from tests.conftest import DATA, need_shared
 
 

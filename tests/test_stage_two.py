@@ -6,10 +6,10 @@ import torch
 from sklearn.linear_model import RidgeCV
 from sklearn.metrics import roc_auc_score
 
-from pipeline.gate import Gate, expert_features, fit_gate, gate_weights
-from pipeline.heads import fit_head, predict
-from pipeline.moe import gate_variants, moe_predict
-from pipeline.probe import ALPHAS, fit_probe
+from pipeline.stage_two.gate import Gate, expert_features, fit_gate, gate_weights
+from pipeline.stage_two.heads import fit_head, predict
+from pipeline.stage_two.moe import gate_variants, moe_predict
+from pipeline.stage_two.probe import ALPHAS, fit_probe
 from pipeline.seeding import seeded
 from pipeline.tasks import Task
 
@@ -90,7 +90,7 @@ def test_head_can_learn_what_the_probe_cannot():
 
 
 def test_per_label_bias_is_trained_and_saved(tmp_path):
-    from pipeline.heads import load_head, save_head
+    from pipeline.stage_two.heads import load_head, save_head
 
     x, y, subjects = synthetic("multilabel")
     fitted = fit_head(TASKS["multilabel"], x, y, subjects, HEADS, seed=0)

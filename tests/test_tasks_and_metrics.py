@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.errors import ManifestError
 from pipeline.manifests import ManifestRecord
-from pipeline.metrics import bootstrap_metrics, compute_metrics
+from pipeline.stage_two.metrics import bootstrap_metrics, compute_metrics
 from pipeline.splits import make_split
 from pipeline.tasks import Task, targets, task_from_params
 

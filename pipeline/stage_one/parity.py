@@ -31,7 +31,7 @@ FIXTURE_MODULES = {
 
 def fixture_outputs(fixture_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{expected_name: (native output, reference output)} for one fixture folder."""
-    module = importlib.import_module(f"pipeline.backbones.{FIXTURE_MODULES[fixture_dir.name]}")
+    module = importlib.import_module(f"pipeline.stage_one.backbones.{FIXTURE_MODULES[fixture_dir.name]}")
     outputs = module.parity_outputs(fixture_dir)
     return {name: (np.asarray(got), np.load(fixture_dir / f"{name}.npy")) for name, got in outputs.items()}
 

@@ -11,7 +11,7 @@ import inspect
 import sys
 from pathlib import Path
 
-from pipeline.backbones import _REGISTRY, list_backbones
+from pipeline.stage_one.backbones import _REGISTRY, list_backbones
 from pipeline.stores import write_json
 
 

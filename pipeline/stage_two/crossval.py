@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from pipeline.errors import ManifestError
-from pipeline.params import CORPUS, metrics_path
+from pipeline.layout import CORPUS, metrics_path
 from pipeline.stores import write_json
 
 SHARED_STAGE_ONE = (CORPUS, Path("checkpoints"), Path("embeddings"))

@@ -32,9 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.ecg import LEADS_12  # noqa: F401  (re-exported: every backbone module takes it from here)
 from pipeline.errors import CheckpointError
-
-LEADS_12 = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
 @dataclass(frozen=True)

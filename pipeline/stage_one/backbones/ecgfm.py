@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.backbones import (
+from pipeline.errors import CheckpointError
+from pipeline.stage_one.backbones import (
     LEADS_12,
     Backbone,
     BackboneConfig,
@@ -55,7 +56,6 @@ from pipeline.backbones import (
     register_backbone,
     windows,
 )
-from pipeline.errors import CheckpointError
 
 SPEC = InputSpec(
     sampling_rate=500.0,

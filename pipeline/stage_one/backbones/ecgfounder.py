@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from scipy.signal import butter, filtfilt, iirnotch, medfilt
 from torch import nn
 
-from pipeline.backbones import (
+from pipeline.errors import CheckpointError
+from pipeline.stage_one.backbones import (
     LEADS_12,
     Backbone,
     BackboneConfig,
@@ -39,7 +40,6 @@ from pipeline.backbones import (
     register_backbone,
     windows,
 )
-from pipeline.errors import CheckpointError
 
 MAINS_HZ = 50.0
 """The reference notches 50 Hz whatever the recording's origin (its training data, HEEDB, is American);

@@ -49,7 +49,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.backbones import (
+from pipeline.errors import CheckpointError, EnECGError
+from pipeline.stage_one.backbones import (
     Backbone,
     BackboneConfig,
     InputSpec,
@@ -58,7 +59,6 @@ from pipeline.backbones import (
     register_pretrainer,
     windows,
 )
-from pipeline.errors import CheckpointError, EnECGError
 
 KERNEL_LENGTH = 9
 # the 84 kernels [84, 9]: weight -1, and 2 at each choice of three taps

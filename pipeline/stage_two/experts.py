@@ -1,9 +1,8 @@
 """Stage two, first half: one expert per backbone = k fold heads, each fitted fresh on the other folds' rows.
 
 Artifacts, heads/TASK/BACKBONE/ (written under a temporary name and renamed when complete):
-- fold0..k-1/: head.json, base.safetensors, adapter/ (see pipeline.heads);
-- predictions.npz: train_rows with their out-of-fold predictions (`oof`) and test_rows with each fold model's
-  predictions (`test_folds` [k, n_test, K]); the same for the probe each head started from (`probe_*`);
+- fold0..k-1/: head.json, base.safetensors, adapter/ (see pipeline.stage_two.heads);
+- predictions.npz: the out-of-fold and per-fold test predictions (see pipeline.stage_two.predictions);
 - meta.json: provenance and every fold's training curves (train and held-out loss per epoch).
 """
 
@@ -16,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from pipeline.dataset import TaskData
 from pipeline.errors import StoreError
-from pipeline.heads import fit_head, load_head, predict, save_head
-from pipeline.params import head_dir
 from pipeline.progress import progress_bar
+from pipeline.stage_two.dataset import TaskData
+from pipeline.stage_two.heads import fit_head, load_head, predict, save_head
+from pipeline.stage_two.predictions import write_predictions
 from pipeline.stores import atomic_path
 
 
@@ -64,7 +63,7 @@ def save_expert(fit: ExpertFit, data: TaskData, directory: Path, meta: dict) -> 
         tmp.mkdir(parents=True)
         for fold, model in enumerate(fit.models):
             save_head(model, tmp / f"fold{fold}")
-        np.savez(tmp / "predictions.npz", train_rows=data.train, test_rows=data.test, **fit.predictions)
+        write_predictions(tmp, data, fit.predictions)
         (tmp / "meta.json").write_text(json.dumps({**meta, "histories": fit.histories}, indent=2, default=str))
 
 
@@ -73,19 +72,3 @@ def load_expert_heads(directory: Path) -> list:
     if not folds:
         raise StoreError(f"{directory} holds no trained heads; run `enecg fit-heads`")
     return [load_head(fold) for fold in folds]
-
-
-def expert_predictions(data: TaskData, backbones: list[str], prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold [n_train, E, K] and per-fold test [k, n_test, E, K] predictions of every expert (or, with
-    prefix "probe_", of the probes the heads started from), checked against the split."""
-    oof, test = [], []
-    for backbone in backbones:
-        path = head_dir(data.task.name, backbone) / "predictions.npz"
-        if not path.exists():
-            raise StoreError(f"{path} does not exist; run `enecg fit-heads --task {data.task.name} --model {backbone}`")
-        saved = np.load(path)
-        if not (np.array_equal(saved["train_rows"], data.train) and np.array_equal(saved["test_rows"], data.test)):
-            raise StoreError(f"{path} was fitted on another split or manifest; rerun `enecg fit-heads --task {data.task.name} --model {backbone}`")
-        oof.append(saved[f"{prefix}oof"])
-        test.append(saved[f"{prefix}test_folds"])
-    return np.stack(oof, axis=1), np.stack(test, axis=2)

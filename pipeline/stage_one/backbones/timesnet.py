@@ -21,7 +21,7 @@ Quirks of the reference kept on purpose (see the parity fixture's README):
   `enc_embedding.temporal_embedding.embed` is therefore never used, but it is in the published state dict,
   so the model keeps it to load strictly, as it keeps the sinusoidal buffer `position_embedding.pe`.
 
-As a backbone, each lead is one series (see `pipeline.forecasting` for the input). The embedding holds,
+As a backbone, each lead is one series (see `pipeline.stage_one.backbones.forecasting` for the input). The embedding holds,
 per lead, the time mean of the final hidden state [d_model] ([B, 16 * leads], lead-major); the native
 output "forecast" [B, leads] is EnECG's feature per lead. A record longer than 500 samples is split into
 500-sample windows whose outputs are averaged. The checkpoint format is the DLinear one: a bare state_dict
@@ -38,9 +38,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import forecasting
-from pipeline.backbones import LEADS_12, Backbone, BackboneConfig, register_backbone, register_pretrainer, windows
-from pipeline.forecasting import SEQ_LEN
+from pipeline.stage_one.backbones import (
+    LEADS_12,
+    Backbone,
+    BackboneConfig,
+    forecasting,
+    register_backbone,
+    register_pretrainer,
+    windows,
+)
+from pipeline.stage_one.backbones.forecasting import SEQ_LEN
 
 PRED_LEN = 1
 D_MODEL = 16
@@ -238,7 +245,7 @@ def build(checkpoint: Path) -> Backbone:
 
 @register_pretrainer("timesnet")
 def pretrain(signals: np.ndarray, out: Path, settings: dict, seed: int) -> dict:
-    """Next-sample forecasting on the corpus (see `pipeline.forecasting.pretrain`); defaults in PRETRAIN_DEFAULTS."""
+    """Next-sample forecasting on the corpus (see `pipeline.stage_one.backbones.forecasting.pretrain`); defaults in PRETRAIN_DEFAULTS."""
     return forecasting.pretrain(TimesNet, signals, out, settings, seed, PRETRAIN_DEFAULTS)
 
 

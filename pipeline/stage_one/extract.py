@@ -14,12 +14,18 @@ import numpy as np
 import torch
 import zarr
 
-from pipeline.backbones import Backbone, InputSpec, build_backbone, checkpoint_sha256, default_checkpoint, get_config
-from pipeline.corpus import open_corpus
+from pipeline.ecg import resample
 from pipeline.errors import StoreError
 from pipeline.progress import progress_bar
-from pipeline.signals import resample
-from pipeline.stores import ChunkedStore, create_records_array, open_complete, provenance
+from pipeline.stage_one.backbones import (
+    Backbone,
+    InputSpec,
+    build_backbone,
+    checkpoint_sha256,
+    default_checkpoint,
+    get_config,
+)
+from pipeline.stores import ChunkedStore, create_records_array, open_corpus, provenance
 
 
 def to_spec(signals: np.ndarray, corpus_rate: float, corpus_leads: list[str], spec: InputSpec) -> np.ndarray:
@@ -123,7 +129,3 @@ def extract_embeddings(
         }
     )
     return {"backbone": name, "records": count, "embedded": int(qc_ok.sum()), "resumed_chunks": store.resumed_chunks}
-
-
-def open_embeddings(path: Path, name: str) -> zarr.Group:
-    return open_complete(path, f"enecg extract --model {name}")

@@ -12,13 +12,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from pipeline.corpus import open_corpus
 from pipeline.errors import StoreError
-from pipeline.manifests import read_manifest
-from pipeline.params import CORPUS
-from pipeline.splits import Split, make_split
+from pipeline.layout import CORPUS
+from pipeline.splits import corpus_split
 from pipeline.stores import strings
-from pipeline.tasks import Task, task_from_params, targets
+from pipeline.tasks import Task, targets, task_from_params
 
 
 @dataclass
@@ -35,16 +33,6 @@ class TaskData:
         for fold in range(int(self.fold_of_train.max()) + 1):
             held_out = self.fold_of_train == fold
             yield fold, self.train[~held_out], held_out
-
-
-def corpus_split(params: dict, corpus_path: Path = CORPUS) -> tuple[zarr.Group, list, Split]:
-    """The corpus, its manifest records, and the split of its QC-passed rows (the same for every task)."""
-    records = read_manifest(Path(params["data"]["manifest"]))
-    corpus = open_corpus(corpus_path)
-    if list(strings(corpus["record_id"])) != [record.record_id for record in records]:
-        raise StoreError(f"{corpus_path} was prepared from another manifest than {params['data']['manifest']}; run `enecg prepare`")
-    folds = np.array([-1 if record.fold is None else record.fold for record in records])
-    return corpus, records, make_split(strings(corpus["subject_id"]), corpus["qc_ok"][:], params["split"], folds)
 
 
 def load_task_data(params: dict, task_name: str, corpus_path: Path = CORPUS) -> TaskData:

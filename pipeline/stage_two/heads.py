@@ -2,14 +2,14 @@
 
     output(x) = probe(z) + ffn_lora(z) + bias,   z = (x - mean) / std   (training rows' statistics)
 
-- `probe` is fitted in closed form first (pipeline.probe: ridge, penalty by leave-one-out; Platt-scaled to
+- `probe` is fitted in closed form first (pipeline.stage_two.probe: ridge, penalty by leave-one-out; Platt-scaled to
   logits for classification) on the rows the head trains on, and then frozen: preview linear probing, after
   the ECGFounder post-training study.
 - `ffn` is EnECG's Linear-ReLU-Linear-ReLU-Linear (hidden 256). As in EnECG its base weights stay at their
   seeded random initialisation and only LoRA adapters (peft) on its Linear layers train. Unlike EnECG the
   base of the last layer is zero, so the correction starts at exactly zero and the head starts exactly at
   its probe; `bias` is a trainable per-label intercept (LoRA has none).
-- Early stopping scores the start (see pipeline.training.fit) on subjects neither the probe nor the FFN
+- Early stopping scores the start (see pipeline.stage_two.training.fit) on subjects neither the probe nor the FFN
   trained on, so a head ends no worse than its probe on held-out subjects, in its own loss.
 
 A head is saved as its base (scalers, probe, frozen FFN, bias; safetensors) plus its adapter (peft's format).
@@ -28,10 +28,11 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.probe import fit_probe
-from pipeline.tasks import Task, head_loss, to_prediction
 from pipeline.seeding import seeded
-from pipeline.training import fit, validation_split
+from pipeline.stage_two.losses import head_loss, to_prediction
+from pipeline.stage_two.probe import fit_probe
+from pipeline.stage_two.training import fit, validation_split
+from pipeline.tasks import Task
 
 
 def robust_std(x: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,9 @@ every trend value averages the whole series plus edge copies. It cannot be read 
 
 The checkpoint is EnECG's `checkpoints/DLinear/checkpoint.pth`: a bare state_dict (4 keys) saved by
 `torch.save`, with storages tagged cuda:0 (loaded onto the CPU); `enecg pretrain --model dlinear` writes
-the same format (see `pipeline.forecasting`).
+the same format (see `pipeline.stage_one.backbones.forecasting`).
 
-As a backbone, each lead of the record is one series (see `pipeline.forecasting` for the input): the
+As a backbone, each lead of the record is one series (see `pipeline.stage_one.backbones.forecasting` for the input): the
 embedding holds, per lead, the seasonal and the trend Linear outputs ([B, 2 * leads], lead-major), and
 the native output "forecast" [B, leads] is their sum, EnECG's feature for that lead. A record longer than
 500 samples is split into 500-sample windows whose outputs are averaged.
@@ -26,9 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import forecasting
-from pipeline.backbones import LEADS_12, Backbone, BackboneConfig, register_backbone, register_pretrainer, windows
-from pipeline.forecasting import SEQ_LEN
+from pipeline.stage_one.backbones import (
+    LEADS_12,
+    Backbone,
+    BackboneConfig,
+    forecasting,
+    register_backbone,
+    register_pretrainer,
+    windows,
+)
+from pipeline.stage_one.backbones.forecasting import SEQ_LEN
 
 PRED_LEN = 1
 KERNEL_SIZE = 1001
@@ -108,7 +115,7 @@ def build(checkpoint: Path) -> Backbone:
 
 @register_pretrainer("dlinear")
 def pretrain(signals: np.ndarray, out: Path, settings: dict, seed: int) -> dict:
-    """Next-sample forecasting on the corpus (see `pipeline.forecasting.pretrain`); defaults in PRETRAIN_DEFAULTS."""
+    """Next-sample forecasting on the corpus (see `pipeline.stage_one.backbones.forecasting.pretrain`); defaults in PRETRAIN_DEFAULTS."""
     return forecasting.pretrain(DLinear, signals, out, settings, seed, PRETRAIN_DEFAULTS)
 
 

@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.backbones import (
+from pipeline.errors import CheckpointError
+from pipeline.stage_one.backbones import (
     Backbone,
     BackboneConfig,
     InputSpec,
@@ -47,7 +48,6 @@ from pipeline.backbones import (
     register_backbone,
     windows,
 )
-from pipeline.errors import CheckpointError
 
 SEQ_LEN = 336  # the published model's input length: one 10 s record resampled as EnECG does
 PRED_LEN = 96  # its forecast horizon, which is EnECG's feature size
@@ -265,7 +265,9 @@ class TempoBackbone(Backbone):
         336-sample windows (`windows`: a short record is zero-padded, a partial tail dropped) because STL
         must see exactly what the model will see.
         """
-        from statsmodels.tsa.seasonal import STL  # loader-side only; the model itself does not need it
+        from statsmodels.tsa.seasonal import (
+            STL,  # loader-side only; the model itself does not need it
+        )
 
         signals = np.asarray(signals, dtype=np.float64)
         centred = signals - signals.mean(-1, keepdims=True)

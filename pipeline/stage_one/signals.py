@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import wfdb
-from scipy.signal import resample_poly
 
-from pipeline.backbones import LEADS_12
+from pipeline.ecg import LEADS_12, resample
 from pipeline.errors import RecordError
 
 _LEAD_ALIASES = {name.upper(): name for name in LEADS_12}
@@ -165,14 +163,6 @@ def read_record(path: Path, max_seconds: float | None = None) -> tuple[np.ndarra
     with np.errstate(over="ignore", invalid="ignore"):
         signal = (data.p_signal[:, order].T.astype(np.float64) * np.asarray(scale)[:, None]).astype(np.float32)
     return signal, float(data.fs)
-
-
-def resample(signal: np.ndarray, from_rate: float, to_rate: float) -> np.ndarray:
-    """Resample along the last axis with a polyphase filter (exact rational factor, anti-aliased)."""
-    if from_rate == to_rate:
-        return signal
-    ratio = Fraction(to_rate / from_rate).limit_denominator(1000)
-    return resample_poly(signal, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
 
 
 def check_quality(signal: np.ndarray, settings: QCSettings) -> str | None:

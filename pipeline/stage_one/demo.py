@@ -36,11 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.ecg import LEADS_12
 from pipeline.manifests import write_manifest
 
-# pipeline.backbones.LEADS_12 (tests/test_demo.py checks they agree), not imported: that would import torch, ~5 s of
-# the demo stage's start-up
-LEADS_12 = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 SAMPLING_RATE = 500
 SECONDS = 10
 EDGE_MARGIN_S = 0.06  # no R peak closer than this to either end of a record (a whole QRS complex is inside)

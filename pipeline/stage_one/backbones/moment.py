@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.backbones import (
+from pipeline.errors import CheckpointError
+from pipeline.stage_one.backbones import (
     Backbone,
     BackboneConfig,
     InputSpec,
@@ -38,8 +39,7 @@ from pipeline.backbones import (
     register_backbone,
     windows,
 )
-from pipeline.backbones.hubert_ecg import read_hf_config, read_hf_weights
-from pipeline.errors import CheckpointError
+from pipeline.stage_one.backbones.hubert_ecg import read_hf_config, read_hf_weights
 
 SPEC = InputSpec(
     sampling_rate=51.2,
@@ -84,7 +84,10 @@ class MOMENTModel(nn.Module):
 
     def __init__(self, config: dict):
         super().__init__()
-        from transformers import T5Config, T5EncoderModel  # ~5 s to import: only when a MOMENT is built
+        from transformers import (  # ~5 s to import: only when a MOMENT is built
+            T5Config,
+            T5EncoderModel,
+        )
 
         t5 = T5Config.from_dict(dict(config["t5_config"]))  # a copy: some transformers versions edit the dict
         self.patch_len = config["patch_len"]

@@ -35,7 +35,8 @@ import torch
 from scipy.signal import decimate, filtfilt, firwin
 from torch import nn
 
-from pipeline.backbones import (
+from pipeline.errors import CheckpointError
+from pipeline.stage_one.backbones import (
     Backbone,
     BackboneConfig,
     InputSpec,
@@ -44,7 +45,6 @@ from pipeline.backbones import (
     register_backbone,
     windows,
 )
-from pipeline.errors import CheckpointError
 
 SAMPLING_RATE = 500  # the rate of the reference's filtering and of its stored ECGs
 DECIMATION = 5  # 500 Hz -> the model's 100 Hz

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.signals import resample
-from pipeline.tasks import Task, prediction_loss
+from pipeline.ecg import resample
 from pipeline.seeding import seeded
-from pipeline.training import fit, validation_split
+from pipeline.stage_two.losses import prediction_loss
+from pipeline.stage_two.training import fit, validation_split
+from pipeline.tasks import Task
 
 
 def lead_signals(signals: np.ndarray, corpus_leads: list[str], leads: list[str], corpus_rate: float, rate: float) -> np.ndarray:

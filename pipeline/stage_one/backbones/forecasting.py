@@ -29,10 +29,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.backbones import Backbone, InputSpec, load_state_dict_strict, load_torch_file, windows
 from pipeline.errors import CheckpointError, ManifestError
 from pipeline.progress import progress_bar
 from pipeline.seeding import seeded
+from pipeline.stage_one.backbones import (
+    Backbone,
+    InputSpec,
+    load_state_dict_strict,
+    load_torch_file,
+    windows,
+)
 
 SEQ_LEN = 500
 INPUT_SPEC = InputSpec(
@@ -109,7 +115,7 @@ def pretrain(
 
     The model maps series [n, SEQ_LEN] to their next sample [n] with `next_sample`. `signals` is
     [N, leads, T] float32 millivolts at 50 Hz; a record longer than `SEQ_LEN` is split into windows (see
-    `pipeline.backbones.windows`), each window a series. `defaults` are the backbone's settings: epochs,
+    `pipeline.stage_one.backbones.windows`), each window a series. `defaults` are the backbone's settings: epochs,
     batch_size, lr (Adam), max_shift (pairs per series, see the module docstring), eval_windows (about this
     many pairs, from whole series held out of training (one, or at most a fifth), on which the loss is measured
     before and after training) and device ("auto": CUDA

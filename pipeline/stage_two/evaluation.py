@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.dataset import TaskData
-from pipeline.experts import expert_predictions
-from pipeline.metrics import best_expert, evaluate_candidates, per_label_auroc
-from pipeline.moe import gate_lead_signals, load_gates, moe_predict
-from pipeline.params import gate_dir
+from pipeline.layout import gate_dir
+from pipeline.stage_two.dataset import TaskData
+from pipeline.stage_two.metrics import best_expert, evaluate_candidates, per_label_auroc
+from pipeline.stage_two.moe import gate_lead_signals, load_gates, moe_predict
+from pipeline.stage_two.predictions import expert_predictions
 from pipeline.stores import strings
 
 

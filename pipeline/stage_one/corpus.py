@@ -23,16 +23,21 @@ import dask
 import numpy as np
 import zarr
 
-from pipeline import manifests, signals
-from pipeline.backbones import LEADS_12
-from pipeline.errors import ManifestError, RecordError, StoreError
+from pipeline import manifests
+from pipeline.ecg import LEADS_12
+from pipeline.errors import ManifestError, RecordError
 from pipeline.manifests import ManifestRecord, read_manifest, resolve_record
 from pipeline.progress import progress_bar
-from pipeline.signals import QCSettings, load_canonical
-from pipeline.stores import ChunkedStore, create_records_array, file_sha256, open_complete, provenance, strings
+from pipeline.stage_one import signals
+from pipeline.stage_one.signals import QCSettings, load_canonical
+from pipeline.stores import (
+    ChunkedStore,
+    create_records_array,
+    file_sha256,
+    provenance,
+    strings,
+)
 from pipeline.tasks import Task, targets
-
-CORPUS_HINT = "enecg prepare"
 
 
 def _load(path: Path, settings: QCSettings) -> tuple[np.ndarray | None, str]:
@@ -176,10 +181,3 @@ def _fail_on_exclusions(group: zarr.Group, paths: list[Path], rows: slice) -> No
             f"--strict: {len(bad)} record(s) excluded ({listed}{' ...' if len(bad) > 5 else ''}); fix or remove "
             "them, or run without --strict to quarantine them (the chunks read so far are kept)"
         )
-
-
-def open_corpus(path: Path) -> zarr.Group:
-    group = open_complete(path, CORPUS_HINT)
-    if "signals" not in group:
-        raise StoreError(f"{path} is not a corpus store (no 'signals'); run `{CORPUS_HINT}`")
-    return group

@@ -20,10 +20,17 @@ import torch
 import zarr
 from safetensors.torch import load_file, save_file
 
-from pipeline.dataset import TaskData
 from pipeline.errors import StoreError
-from pipeline.experts import expert_predictions
-from pipeline.gate import Gate, combine, expert_features, fit_gate, gate_weights, lead_signals
+from pipeline.stage_two.dataset import TaskData
+from pipeline.stage_two.gate import (
+    Gate,
+    combine,
+    expert_features,
+    fit_gate,
+    gate_weights,
+    lead_signals,
+)
+from pipeline.stage_two.predictions import expert_predictions
 from pipeline.stores import atomic_path
 
 READ_BLOCK = 1024  # corpus rows read at a time for the gate's leads

@@ -1,0 +1,28 @@
+"""The fixed artifact layout every stage agrees on (paths relative to the project folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CORPUS = Path("corpus.zarr")
+DEMO_ROOT = Path("data/demo")  # the demo corpus's own folder: never the user's data root
+
+
+def embeddings_path(backbone: str) -> Path:
+    return Path("embeddings") / f"{backbone}.zarr"
+
+
+def head_dir(task: str, backbone: str) -> Path:
+    return Path("heads") / task / backbone
+
+
+def gate_dir(task: str) -> Path:
+    return Path("gates") / task
+
+
+def metrics_path(task: str) -> Path:
+    return Path("metrics") / f"{task}.json"
+
+
+def plots_path(task: str) -> Path:
+    return Path("plots") / task / "predictions.csv"
