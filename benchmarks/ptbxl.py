@@ -43,7 +43,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from data_manifests.ptbxl import build_ptbxl_manifest, write_manifest  # noqa: E402
+from data_manifests.ptbxl import build_ptbxl_manifest, tasks_path, write_manifest  # noqa: E402
 from tests.shared_dir import DATA  # noqa: E402  ($ENECG_SHARED, else ../shared)
 
 SHARED = DATA / "ptbxl-100hz"
@@ -92,7 +92,7 @@ def write_params(work: Path, manifest: Path, tasks: dict, bootstrap: int) -> lis
     """work/params.yaml from the project's params.yaml; returns the benchmark's tasks."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     names = [t for t in MULTILABEL_TASKS + OTHER_TASKS if t in tasks]  # the label table has no `diagnostic`
-    params["data"] = {"manifest": str(manifest), "root": str(work), "corpus": "ptb-xl"}
+    params["data"] = {"manifest": str(manifest), "root": str(work), "tasks": str(tasks_path(manifest)), "corpus": "ptb-xl"}
     # the records are 100 Hz; every backbone resamples to its own rate, so 500 Hz would only bloat the store
     params["prepare"].update(sampling_rate=100, seconds=10, min_seconds=10)
     params["split"] = {"method": "fold", "train_folds": list(range(1, 9)), "test_folds": [10], "k": 3, "seed": 0}
@@ -101,7 +101,6 @@ def write_params(work: Path, manifest: Path, tasks: dict, bootstrap: int) -> lis
     params["pretrain"] = {name: pretrain[name] for name in BACKBONES}
     params["gate"]["ablations"] = list(GATE_ABLATIONS)
     params["tasks"] = names
-    params["task_definitions"] = {name: tasks[name] for name in names}
     params["evaluate"]["bootstrap"] = bootstrap
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return names

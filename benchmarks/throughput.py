@@ -18,7 +18,7 @@ made the way each backbone's tests make them:
   full one and whose keys are those of transformers' own HubertModel / T5 encoder (built on the meta device)
   plus the hand-named heads, as the published files hold them.
 
-What is timed, per backbone: a batch of 10 s 12-lead 500 Hz records (neurokit2-simulated ECGs, as in the demo
+What is timed, per backbone: a batch of 10 s 12-lead 500 Hz records (simulated ECGs, as in the demo
 corpus) goes through `pipeline.stage_one.extract.backbone_inputs` (lead selection, resampling to the backbone's rate, its
 own numpy preprocessing: "preprocess") and then through the backbone under `torch.inference_mode()`, the output
 copied back to the host as `extract` does ("forward"). One smaller warm-up batch runs first (lazy allocations,

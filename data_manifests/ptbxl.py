@@ -32,8 +32,8 @@ import csv
 import gzip
 import os
 import re
-from contextlib import contextmanager
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,7 @@ import pandas as pd
 import yaml
 
 from pipeline.errors import EnECGError, ManifestError
+from pipeline.manifests import tasks_path
 from pipeline.manifests import write_manifest as write_jsonl
 from pipeline.stores import atomic_path
 
@@ -235,11 +236,6 @@ def _csv_errors(path: Path) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------------------------
 # Writing
-
-
-def tasks_path(manifest_path: str | os.PathLike) -> Path:
-    """Where a manifest's task sidecar lives: `ptbxl.jsonl` -> `ptbxl.tasks.yaml`."""
-    return Path(manifest_path).with_suffix(".tasks.yaml")
 
 
 def write_manifest(rows: Sequence[Mapping], tasks: Mapping[str, Mapping], out_path: str | os.PathLike) -> Path:

@@ -53,7 +53,7 @@ def demo_data(params: Path = PARAMS):
     """Write the embedded default corpus: simulated 12-lead WFDB records and their manifest."""
     from stages import demo_data as stage
 
-    console.print(f"wrote {stage.run(load_params(params))}")
+    console.print(f"wrote {stage.run(load_params(params, need_tasks=False))}")
 
 
 @app.command()
@@ -108,22 +108,31 @@ def fit_heads(
         console.print(stage.run(loaded, task, name))
 
 
+def _tasks(loaded: dict, task: Optional[str]) -> list[str]:
+    return [task] if task else list(loaded["tasks"])
+
+
 @app.command("fit-gate")
 @user_errors
-def fit_gate(task: str = typer.Option(..., "--task", "-t", help=TASK_HELP), params: Path = PARAMS):
-    """Train the mixture-of-experts gate of one task on the heads' out-of-fold predictions."""
+def fit_gate(task: Optional[str] = typer.Option(None, "--task", "-t", help=TASK_HELP + " (default: every task)"), params: Path = PARAMS):
+    """Train the mixture-of-experts gate of a task (default: every task) on the heads' out-of-fold predictions."""
     from stages import fit_gate as stage
 
-    console.print(stage.run(load_params(params), task))
+    loaded = load_params(params)
+    for name in _tasks(loaded, task):
+        console.print(stage.run(loaded, name))
 
 
 @app.command()
 @user_errors
-def evaluate(task: str = typer.Option(..., "--task", "-t", help=TASK_HELP), params: Path = PARAMS):
-    """Evaluate each expert, their mean and the MoE on the test split -> metrics/TASK.json."""
+def evaluate(task: Optional[str] = typer.Option(None, "--task", "-t", help=TASK_HELP + " (default: every task)"), params: Path = PARAMS):
+    """Evaluate probes, experts, their mean and the MoE on the test split -> metrics/TASK.json and metrics.json."""
     from stages import evaluate as stage
 
-    stage.run(load_params(params), task)
+    loaded = load_params(params)
+    for name in _tasks(loaded, task):
+        stage.run(loaded, name)
+    stage.write_summary(loaded)
 
 
 @app.command("fit-ensemble")
@@ -139,6 +148,20 @@ def fit_ensemble(task: str = typer.Option(..., "--task", "-t", help=TASK_HELP), 
         heads_stage.run(loaded, task, name)
     gate_stage.run(loaded, task)
     evaluate.run(loaded, task)
+    evaluate.write_summary(loaded)
+
+
+@app.command()
+@user_errors
+def report(
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="the HTML file to write"),
+    params: Path = PARAMS,
+):
+    """One self-contained HTML page of the current run: every task's metrics, intervals, pictures and gate
+    weights, prepare's QC summary and the backbones' checkpoints -> report.html."""
+    from stages import report as stage
+
+    console.print(f"wrote {stage.run(load_params(params), out)}")
 
 
 @app.command("cross-validate")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 CORPUS = Path("corpus.zarr")
+SUMMARY = Path("metrics.json")  # every task's headline metrics (DVC metrics)
 DEMO_ROOT = Path("data/demo")  # the demo corpus's own folder: never the user's data root
 
 

@@ -159,6 +159,21 @@ def resolve_record(root: Path, record_path: str) -> Path:
     return resolved
 
 
+def tasks_path(manifest_path: str | os.PathLike) -> Path:
+    """Where a manifest's task definitions live (params `data.tasks`): `ptbxl.jsonl` -> `ptbxl.tasks.yaml`."""
+    return Path(manifest_path).with_suffix(".tasks.yaml")
+
+
+def write_tasks(tasks: dict, manifest_path: str | os.PathLike) -> Path:
+    """Write the task definitions beside a manifest, atomically; returns their path."""
+    import yaml
+
+    out = tasks_path(manifest_path)
+    with atomic_path(out) as tmp:
+        tmp.write_text(yaml.safe_dump({name: dict(definition) for name, definition in tasks.items()}, sort_keys=False))
+    return out
+
+
 def write_manifest(rows: list[dict], out: Path) -> None:
     """Write manifest rows as JSONL atomically (temp name, then rename); a NaN is a bug, never a label."""
     with atomic_path(Path(out)) as tmp:

@@ -111,6 +111,7 @@ def validate(params: dict, source: Path = Path("params.yaml")) -> dict:
         raise ManifestError(f"{source}: missing sections {missing}")
     check.text("data.manifest")
     check.text("data.root")
+    check.text("data.tasks")
     if "corpus" in params["data"]:  # which public corpus the manifest is, e.g. ptb-xl: checkpoints that saw it are flagged
         check.text("data.corpus")
     check.number("prepare.sampling_rate", 0, integer=True, open_low=True)
@@ -179,15 +180,33 @@ def validate(params: dict, source: Path = Path("params.yaml")) -> dict:
     return params
 
 
-def load_params(path: Path = Path("params.yaml")) -> dict:
-    """The params file as a dict, every field a stage uses validated (errors name the file and the key)."""
-    path = Path(path)
+def _read_yaml_mapping(path: Path, what: str) -> dict:
     if not path.is_file():
-        raise ManifestError(f"{path} does not exist; run enecg from the project folder that holds params.yaml")
+        raise ManifestError(f"{path} does not exist; {what}")
     try:
-        params = yaml.safe_load(path.read_text())
+        value = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ManifestError(f"{path}: invalid YAML: {error}") from None
-    if not isinstance(params, dict):
-        raise ManifestError(f"{path}: expected a mapping of sections, got {type(params).__name__}")
+    if not isinstance(value, dict):
+        raise ManifestError(f"{path}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def load_params(path: Path = Path("params.yaml"), need_tasks: bool = True) -> dict:
+    """The params file as a dict, every field a stage uses validated (errors name the file and the key).
+
+    Task definitions live in their own file, `data.tasks` (the `<manifest>.tasks.yaml` a manifest builder or
+    the demo writes), which `dvc.yaml` tracks as a dependency of the heads: it is read into
+    params["task_definitions"]. params.yaml stays short, so `dvc exp run -S` leaves it readable. Only
+    `demo-data`, which writes the demo's tasks file, runs without it (`need_tasks=False`).
+    """
+    path = Path(path)
+    params = _read_yaml_mapping(path, "run enecg from the project folder that holds params.yaml")
+    if "task_definitions" in params:
+        raise ManifestError(f"{path}: task_definitions: define tasks in the file that data.tasks names (e.g. the "
+                            "<manifest>.tasks.yaml a builder writes), so that DVC tracks them")
+    tasks_file = Path(_Checker(params, path).text("data.tasks"))
+    if not need_tasks and not tasks_file.is_file():
+        return params
+    params["task_definitions"] = _read_yaml_mapping(tasks_file, f"it is named by data.tasks in {path}; `enecg manifest` writes one beside each manifest")
     return validate(params, path)

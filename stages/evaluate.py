@@ -1,15 +1,20 @@
-"""Stage `evaluate`: experts alone, their plain mean and the MoE on the test split -> metrics/TASK.json
-and the per-record test predictions -> plots/TASK/predictions.csv."""
+"""Stage `evaluate`: probes, experts, their plain mean and the MoE on the test split -> metrics/TASK.json (every
+metric with its interval, paired differences, bootstrap, gate weights), the pictures (plot_data/KIND/TASK.json
+for DVC's plots, plots/TASK/*.png), and metrics.json: the headline of every task, small enough for
+`dvc metrics show` and `dvc exp show` to stay readable."""
 
-import csv
+import json
 
-from pipeline.layout import metrics_path, plots_path
+from pipeline.layout import SUMMARY, metrics_path
 from pipeline.progress import console
 from pipeline.report import show_metrics
 from pipeline.stage_one.backbones import default_checkpoint, seen_corpus_warning
 from pipeline.stage_two.dataset import load_task_data
 from pipeline.stage_two.evaluation import evaluate_task
-from pipeline.stores import atomic_path, write_json
+from pipeline.stage_two.metrics import primary_metric
+from pipeline.stage_two.plots import write_task_plots
+from pipeline.stores import write_json
+from pipeline.tasks import Task
 
 
 def checkpoint_warnings(params: dict) -> list[str]:
@@ -21,14 +26,34 @@ def checkpoint_warnings(params: dict) -> list[str]:
 
 
 def run(params: dict, task: str) -> dict:
-    report, rows = evaluate_task(load_task_data(params, task), params["evaluate"])
+    data = load_task_data(params, task)
+    report, _ = evaluate_task(data, params["evaluate"])
     report["warnings"] = checkpoint_warnings(params)
     write_json(metrics_path(task), report)
-    with atomic_path(plots_path(task)) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_task_plots(data)  # plot_data/KIND/TASK.json (DVC plots) and plots/TASK/*.png (matplotlib)
     show_metrics(report)
     for warning in report["warnings"]:
         console.print(f"[bold yellow]warning:[/] {warning}")
     return report
+
+
+def headline(report: dict) -> dict:
+    """A task's headline: its primary metric for the MoE, the plain mean and the best expert, and the paired
+    differences with their intervals (all in metrics/TASK.json)."""
+    metric, _ = primary_metric(Task(report["task"], report["type"], label=""))
+    models = report["models"]
+    return {
+        "metric": metric,
+        "moe": models["moe"][metric]["value"],
+        "mean": models["mean"][metric]["value"],
+        "best_expert": models[f"expert:{report['best_expert']}"][metric]["value"],
+        "paired": {pair: report["paired"][pair][metric] for pair in report["paired"]},
+        "bootstrap": {key: report["bootstrap"][key] for key in ("unit", "resamples_used", "labels_used")},
+    }
+
+
+def write_summary(params: dict) -> dict:
+    """metrics.json from the metrics/TASK.json of every task in params that has been evaluated."""
+    summary = {task: headline(json.loads(metrics_path(task).read_text())) for task in params["tasks"] if metrics_path(task).exists()}
+    write_json(SUMMARY, summary)
+    return summary

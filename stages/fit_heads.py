@@ -1,8 +1,10 @@
-"""Stage `fit_heads`: one task x one backbone -> heads/TASK/BACKBONE/ (k fold heads + out-of-fold predictions)."""
+"""Stage `fit_heads`: one task x one backbone -> heads/TASK/BACKBONE/ (k fold heads + out-of-fold predictions),
+and their training curves logged with DVCLive -> dvclive/heads/TASK/BACKBONE/."""
 
 from pipeline.layout import embeddings_path, head_dir
 from pipeline.stage_two.dataset import load_task_data
 from pipeline.stage_two.experts import fit_expert, save_expert
+from pipeline.stage_two.training_log import heads_log_dir, log_training
 from pipeline.stores import open_embeddings, provenance
 
 
@@ -12,4 +14,6 @@ def run(params: dict, task: str, model: str) -> dict:
     fit = fit_expert(data, store["embedding"], params["heads"])
     meta = {"task": task, "backbone": model, "provenance": provenance(embeddings=store.attrs["provenance"], heads=params["heads"], split=params["split"])}
     save_expert(fit, data, head_dir(task, model), meta)
+    histories = {f"fold{fold}": history for fold, history in enumerate(fit.histories)}
+    log_training(heads_log_dir(task, model), "training", histories, title=f"{task}: {model} heads, loss per epoch")
     return {"task": task, "backbone": model, "train": len(data.train), "test": len(data.test), "epochs": [len(h["train"]) for h in fit.histories]}

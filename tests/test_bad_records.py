@@ -20,12 +20,18 @@ import pytest
 import wfdb
 import yaml
 
+from pipeline.errors import ManifestError, RecordError
+from pipeline.manifests import read_manifest, write_tasks
+from pipeline.params import load_params
 from pipeline.stage_one.backbones import LEADS_12
 from pipeline.stage_one.corpus import prepare_corpus
-from pipeline.errors import ManifestError, RecordError
-from pipeline.manifests import read_manifest
-from pipeline.params import load_params
-from pipeline.stage_one.signals import QCSettings, load_canonical, read_record, to_canonical
+from pipeline.stage_one.demo import TASKS as DEMO_TASKS
+from pipeline.stage_one.signals import (
+    QCSettings,
+    load_canonical,
+    read_record,
+    to_canonical,
+)
 from pipeline.stores import open_complete, strings
 from pipeline.tasks import Task, task_from_params
 from tests.conftest import DATA, need_shared
@@ -263,8 +269,10 @@ def test_manifest_encoding_problems_name_the_line(tmp_path):
         read_manifest(tmp_path / "latin1.jsonl")
 
 
-def test_bad_params_name_the_file_and_the_field(tmp_path):
+def test_bad_params_name_the_file_and_the_field(tmp_path, monkeypatch):
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    write_tasks(DEMO_TASKS, Path(params["data"]["manifest"]))
     path = tmp_path / "params.yaml"
     path.write_text("data: [unclosed\n")
     with pytest.raises(ManifestError, match=r"(?s)params\.yaml: invalid YAML.*line 1, column 7"):
@@ -273,9 +281,9 @@ def test_bad_params_name_the_file_and_the_field(tmp_path):
     with pytest.raises(ManifestError, match=r"params\.yaml: missing sections \['prepare'\]"):
         load_params(path)
     path.write_text(yaml.safe_dump({**params, "tasks": ["rr_interval", "qt_interval"]}))
-    with pytest.raises(ManifestError, match=r"params\.yaml: tasks \['qt_interval'\] are not defined under task_definitions"):
+    with pytest.raises(ManifestError, match=r"params\.yaml: tasks: expected names drawn from .*got \['qt_interval'\]"):
         load_params(path)
     with pytest.raises(ManifestError, match=r"unknown task 'qt'"):
-        task_from_params("qt", params["task_definitions"])
+        task_from_params("qt", DEMO_TASKS)
     with pytest.raises(ManifestError, match=r"task_definitions\.bad\.type is 'ordinal'"):
         task_from_params("bad", {"bad": {"type": "ordinal"}})

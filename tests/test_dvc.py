@@ -1,7 +1,10 @@
 """`dvc repro` reruns exactly what changed: nothing twice, only the gate for a gate param, never a backbone for a
-head param, only the stages that run an edited module, and only the new backbone when one is added. Runs the
-real dvc.yaml on a tiny corpus that lives outside the project, as a user's does, and checks that nothing DVC
-runs ever touches it."""
+head param, only the stages that run an edited module, and only the new backbone when one is added; `dvc exp`
+runs experiments whose metrics `dvc exp show` and `dvc metrics diff` compare. Runs the real dvc.yaml in a git
+repository, on a tiny corpus that lives outside the project, as a user's does, and checks that nothing DVC runs
+ever touches it."""
+
+import json
 
 import hashlib
 import os
@@ -20,12 +23,19 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def repro(folder: Path) -> set[str]:
-    """Run `dvc repro` and return the names of the stages it ran."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run([str(BIN / "dvc"), "repro"], cwd=folder, env=env, capture_output=True, text=True)
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+       "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def run(folder: Path, *command: str) -> str:
+    result = subprocess.run(list(command), cwd=folder, env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    return set(re.findall(r"Running stage '([^']+)'", result.stdout))
+    return result.stdout
+
+
+def repro(folder: Path, *command: str) -> set[str]:
+    """Run `dvc repro` (or the given dvc command) and return the names of the stages it ran."""
+    return set(re.findall(r"Running stage '([^']+)'", run(folder, str(BIN / "dvc"), *(command or ("repro",)))))
 
 
 def edit_params(folder: Path, change) -> None:
@@ -63,7 +73,7 @@ def dvc_project(tmp_path_factory, user_data):
     data, _ = user_data
 
     def tiny(params):
-        params["data"] = {"manifest": str(data / "manifest.jsonl"), "root": str(data)}
+        params["data"] = {"manifest": str(data / "manifest.jsonl"), "root": str(data), "tasks": str(data / "manifest.tasks.yaml")}
         params["demo"].update(subjects=4, records_per_subject=1)
         params["backbones"] = ["dlinear"]
         params["pretrain"] = {"dlinear": {**params["pretrain"]["dlinear"], "epochs": 1, "max_records": 24}}
@@ -74,30 +84,57 @@ def dvc_project(tmp_path_factory, user_data):
 
     shutil.copy(ROOT / "params.yaml", folder / "params.yaml")
     edit_params(folder, tiny)
-    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=folder, check=True)
+    run(folder, "git", "init", "-q")
+    run(folder, str(BIN / "dvc"), "init", "-q")
     return folder
+
+
+def commit(folder: Path, message: str) -> None:
+    run(folder, "git", "add", "-A")
+    run(folder, "git", "commit", "-q", "-m", message)
 
 
 def test_repro_reruns_only_what_changed_and_never_touches_the_users_data(dvc_project, user_data):
     first = repro(dvc_project)
-    assert {"demo_data", "prepare", "pretrain@dlinear", "extract@dlinear", "fit_gate@rr_interval"} <= first
+    assert {"demo_data", "prepare", "pretrain@dlinear", "extract@dlinear", "fit_gate", "evaluate"} <= first
     assert (dvc_project / "data" / "demo" / "manifest.jsonl").exists()  # the demo writes only its own folder
 
     assert repro(dvc_project) == set(), "a second repro must do nothing"
 
     edit_params(dvc_project, lambda p: p["gate"].update(lr=0.002))
-    assert repro(dvc_project) == {"fit_gate@rr_interval", "evaluate@rr_interval"}
+    assert repro(dvc_project) == {"fit_gate", "evaluate"}
 
     edit_params(dvc_project, lambda p: p["heads"].update(lr=0.003))
-    assert repro(dvc_project) == {"fit_heads@rr_interval-dlinear", "fit_gate@rr_interval", "evaluate@rr_interval"}
+    assert repro(dvc_project) == {"fit_heads@rr_interval-dlinear", "fit_gate", "evaluate"}
 
     # an edited stage-two module reruns exactly the stages that run it (an unchanged result stops there)
     touch_module(dvc_project, "pipeline/stage_two/metrics.py")
-    assert repro(dvc_project) == {"evaluate@rr_interval"}
+    assert repro(dvc_project) == {"evaluate"}
     touch_module(dvc_project, "pipeline/stage_two/gate.py")
-    assert repro(dvc_project) == {"fit_gate@rr_interval", "evaluate@rr_interval"}
+    assert repro(dvc_project) == {"fit_gate", "evaluate"}
     touch_module(dvc_project, "pipeline/stage_two/heads.py")
     assert repro(dvc_project) == {"fit_heads@rr_interval-dlinear"}
+
+    # experiments: two gate settings, compared by `dvc exp show` and `dvc metrics diff`, params.yaml kept readable
+    commit(dvc_project, "baseline")
+    before = (dvc_project / "params.yaml").read_text()
+    assert repro(dvc_project, "exp", "run", "-n", "narrow", "-S", "gate.hidden=8") == {"fit_gate", "evaluate"}
+    assert repro(dvc_project, "exp", "run", "-n", "slow", "-S", "gate.hidden=64", "-S", "gate.lr=0.0005") == {"fit_gate", "evaluate"}
+    changed_lines = [line for line in (dvc_project / "params.yaml").read_text().splitlines() if line not in before.splitlines()]
+    assert changed_lines == ["  lr: 0.0005"], changed_lines  # `-S` changed one value, nothing else (comments, layout)
+    shown = json.loads(run(dvc_project, str(BIN / "dvc"), "exp", "show", "--json"))
+    metrics = {}
+    for commit_entry in shown:
+        for experiment in [commit_entry, *[e for exp in commit_entry.get("experiments") or [] for e in exp.get("revs", [])]]:
+            data = experiment.get("data") or {}
+            values = (data.get("metrics") or {}).get("metrics.json", {}).get("data", {})
+            if data.get("name") or experiment.get("name"):
+                metrics[data.get("name") or experiment.get("name")] = values
+    assert {"narrow", "slow"} <= set(metrics), shown
+    for name in ("narrow", "slow"):
+        assert metrics[name]["rr_interval"]["moe"] > 0 and "paired" in metrics[name]["rr_interval"]
+    diff = run(dvc_project, str(BIN / "dvc"), "metrics", "diff", "narrow", "slow", "--all", "--json")
+    assert "rr_interval.moe" in json.loads(diff)["metrics.json"]
 
     def add_minirocket(params):
         params["backbones"].append("minirocket")

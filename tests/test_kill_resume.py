@@ -29,10 +29,12 @@ import torch
 import wfdb
 import yaml
 
+from pipeline.errors import CheckpointError, StoreError
+from pipeline.manifests import write_tasks
 from pipeline.stage_one.backbones import LEADS_12, build_backbone, checkpoint_sha256
 from pipeline.stage_one.backbones.dlinear import DLinear
 from pipeline.stage_one.corpus import prepare_corpus
-from pipeline.errors import CheckpointError, StoreError
+from pipeline.stage_one.demo import TASKS as DEMO_TASKS
 from pipeline.stage_one.extract import extract_embeddings
 from pipeline.stage_one.signals import QCSettings
 from pipeline.stores import open_complete
@@ -84,14 +86,16 @@ def make_project(folder: Path, subjects: int = 12, records_per_subject: int = 4)
             rows.append({"record_id": name, "subject_id": f"p{subject}", "path": name, "rr_interval": 60000 / rate,
                          "irregular": index % 2, "rate_class": "brady" if rate < 60 else "tachy" if rate > 100 else "normal"})
     (data / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_tasks(DEMO_TASKS, data / "manifest.jsonl")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"] = {"manifest": "data/manifest.jsonl", "root": "data"}
+    params["data"] = {"manifest": "data/manifest.jsonl", "root": "data", "tasks": "data/manifest.tasks.yaml"}
     params["prepare"].update(chunk_records=8, workers=1)
     params["pretrain"]["minirocket"].update(max_records=64, max_fit_records=64)
     params["extract"]["chunk_records"] = 8
     params["heads"]["epochs"] = params["gate"]["epochs"] = 20
     params["evaluate"]["bootstrap"] = 100
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    params["task_definitions"] = DEMO_TASKS  # as load_params gives it to the stages
     torch.manual_seed(0)
     checkpoint = folder / "checkpoints" / "dlinear" / "checkpoint.pth"
     checkpoint.parent.mkdir(parents=True)

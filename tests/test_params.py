@@ -8,10 +8,12 @@ import pytest
 import yaml
 
 from pipeline.errors import ManifestError
+from pipeline.manifests import write_tasks
 from pipeline.params import load_params, validate
+from pipeline.stage_one.demo import TASKS as DEMO_TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+PARAMS = {**yaml.safe_load((ROOT / "params.yaml").read_text()), "task_definitions": DEMO_TASKS}  # as load_params reads them
 
 
 def changed(edit) -> dict:
@@ -20,8 +22,20 @@ def changed(edit) -> dict:
     return params
 
 
-def test_the_project_params_are_valid():
-    assert load_params(ROOT / "params.yaml")["tasks"] == PARAMS["tasks"]
+def test_the_project_params_are_valid_and_read_their_tasks_from_data_tasks(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ManifestError, match=r"data/demo/manifest\.tasks\.yaml does not exist; it is named by data\.tasks"):
+        load_params(ROOT / "params.yaml")
+    assert "task_definitions" not in load_params(ROOT / "params.yaml", need_tasks=False)  # demo-data writes them
+    write_tasks(DEMO_TASKS, Path("data/demo/manifest.jsonl"))
+    loaded = load_params(ROOT / "params.yaml")
+    assert loaded["tasks"] == PARAMS["tasks"] and loaded["task_definitions"] == DEMO_TASKS
+
+
+def test_task_definitions_in_params_yaml_are_refused(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    with pytest.raises(ManifestError, match=r"params\.yaml: task_definitions: define tasks in the file that data\.tasks names"):
+        load_params(tmp_path / "params.yaml")
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -62,8 +76,10 @@ def test_a_bad_params_file_fails_the_cli_before_any_work(tmp_path, monkeypatch):
 
     from pipeline.cli import app
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(changed(lambda p: p["split"].update(method="fold", train_folds="1..8", test_folds=[10]))))
+    bad = changed(lambda p: p["split"].update(method="fold", train_folds="1..8", test_folds=[10]))
     monkeypatch.chdir(tmp_path)
+    write_tasks(bad.pop("task_definitions"), Path(bad["data"]["manifest"]))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
     result = CliRunner().invoke(app, ["prepare"])
     assert result.exit_code == 1 and "split.train_folds" in result.output
     assert not (tmp_path / "corpus.zarr").exists() and not (tmp_path / "corpus.zarr.partial").exists()

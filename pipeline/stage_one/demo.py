@@ -37,10 +37,15 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.ecg import LEADS_12
-from pipeline.manifests import write_manifest
+from pipeline.manifests import write_manifest, write_tasks
 
 SAMPLING_RATE = 500
 SECONDS = 10
+TASKS = {  # the demo's labels as tasks (written beside the manifest: params `data.tasks`)
+    "rr_interval": {"type": "regression", "label": "rr_interval"},
+    "irregular": {"type": "binary", "label": "irregular"},
+    "rate_class": {"type": "multiclass", "label": "rate_class", "classes": ["brady", "normal", "tachy"]},
+}
 EDGE_MARGIN_S = 0.06  # no R peak closer than this to either end of a record (a whole QRS complex is inside)
 MIN_RR_S = 0.28  # shortest simulated RR interval (about 215 bpm instantaneous)
 
@@ -255,7 +260,7 @@ def _make_one(out: Path, subject: int, index: int, heart_rate: float, irregular:
 
 
 def make_demo_corpus(out: Path, subjects: int = 40, records_per_subject: int = 6, seed: int = 0, workers: int = 2) -> Path:
-    """Write the demo WFDB records and `manifest.jsonl` under `out`; returns the manifest path.
+    """Write the demo WFDB records, `manifest.jsonl` and its `manifest.tasks.yaml` under `out`; returns the manifest path.
 
     Runs in-process (a record takes a few milliseconds to simulate and write, less than process start-up);
     `workers` is accepted for compatibility and unused.
@@ -280,5 +285,6 @@ def make_demo_corpus(out: Path, subjects: int = 40, records_per_subject: int = 6
             rows.append(_make_one(out, *job))
             advance()
     manifest = out / "manifest.jsonl"
+    write_tasks(TASKS, manifest)
     write_manifest(rows, manifest)
     return manifest

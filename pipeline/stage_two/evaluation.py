@@ -15,11 +15,11 @@ from pipeline.stage_two.dataset import TaskData
 from pipeline.stage_two.metrics import best_expert, evaluate_candidates, per_label_auroc
 from pipeline.stage_two.moe import gate_lead_signals, load_gates, moe_predict
 from pipeline.stage_two.predictions import expert_predictions
-from pipeline.stores import strings
+from pipeline.stores import provenance, strings
 
 
-def test_candidates(data: TaskData) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
-    """(candidate name -> test predictions [n_test, K], gate variant -> mean weights [n_test, E], experts)."""
+def test_candidates(data: TaskData) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
+    """(candidate name -> test predictions [n_test, K], gate variant -> mean weights [n_test, E], gate config)."""
     gates, config = load_gates(gate_dir(data.task.name))
     backbones = config["experts"]
     _, test_folds = expert_predictions(data, backbones)
@@ -32,7 +32,7 @@ def test_candidates(data: TaskData) -> tuple[dict[str, np.ndarray], dict[str, np
     weights = {}
     for name, gate in gates.items():
         weights[name], candidates[name] = moe_predict(data.task, gate, config, leads, test_folds)
-    return candidates, weights, backbones
+    return candidates, weights, config
 
 
 def weights_by_class(data: TaskData, weights: np.ndarray, backbones: list[str]) -> dict[str, dict[str, float]]:
@@ -53,7 +53,8 @@ def weights_by_class(data: TaskData, weights: np.ndarray, backbones: list[str]) 
 
 def evaluate_task(data: TaskData, settings: dict) -> tuple[dict, list[dict]]:
     """The metrics report (models, paired differences, bootstrap block, gate weights) and the plot rows."""
-    candidates, weights, backbones = test_candidates(data)
+    candidates, weights, config = test_candidates(data)
+    backbones = config["experts"]
     truth = data.target[data.test]
     best = best_expert(data.task, truth, {name: candidates[f"expert:{name}"] for name in backbones})
     report = evaluate_candidates(
@@ -68,6 +69,7 @@ def evaluate_task(data: TaskData, settings: dict) -> tuple[dict, list[dict]]:
     }
     if data.task.type in ("multiclass", "multilabel"):
         report["per_label_auroc"] = per_label_auroc(data.task, truth, candidates["moe"])
+    report["provenance"] = provenance(gate=config.get("provenance"))
     return report, prediction_rows(data, truth, candidates["mean"], candidates["moe"])
 
 

@@ -1,0 +1,263 @@
+"""The evaluation's pictures as PNG files (matplotlib), drawn from the tables of pipeline.stage_two.plot_data:
+plots/TASK/roc.png, precision_recall.png (classification), calibration.png, confusion.png (classification) or
+predicted_vs_actual.png (regression), gate.png and training.png.
+
+Figures are made with matplotlib's object API (`Figure`, no pyplot state), so drawing is thread-safe and needs
+no display. Each candidate keeps its colour in every figure; the MoE is drawn thickest, the plain mean dashed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from pipeline.stage_two.plot_data import CALIBRATION_BINS, areas
+from pipeline.tasks import Task
+
+PANEL = 3.1  # inches per panel
+DPI = 100
+MAX_COLUMNS = 4
+MIN_WIDTH = 5.0  # inches: room for a figure's title above a single panel
+REFERENCE_STYLE = {"color": "0.55", "linestyle": ":", "linewidth": 1.2}
+EXPERT_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def display_name(candidate: str) -> str:
+    return {"moe": "MoE", "mean": "mean of experts"}.get(candidate, candidate.removeprefix("expert:"))
+
+
+def candidate_style(candidate: str, order: list[str]) -> dict:
+    if candidate == "moe":
+        return {"color": "crimson", "linewidth": 2.4, "zorder": 5}
+    if candidate == "mean":
+        return {"color": "black", "linewidth": 1.6, "linestyle": "--", "zorder": 4}
+    experts = [name for name in order if name.startswith("expert:")]
+    index = experts.index(candidate) if candidate in experts else 0
+    return {"color": EXPERT_COLOURS[index % len(EXPERT_COLOURS)], "linewidth": 1.2, "alpha": 0.9}
+
+
+def _grid(panels: int, rows_per_panel: int = 1, height: float = PANEL) -> tuple[Figure, list]:
+    columns = max(1, min(panels, MAX_COLUMNS))
+    rows = math.ceil(max(panels, 1) / columns)
+    figure = Figure(figsize=(max(PANEL * columns + 0.4, MIN_WIDTH), height * rows * rows_per_panel + 0.6), layout="constrained")
+    axes = figure.subplots(rows * rows_per_panel, columns, squeeze=False)
+    return figure, axes
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI)
+    return path
+
+
+def _by(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    grouped: dict[tuple, list[dict]] = {}
+    for row in rows:
+        grouped.setdefault(tuple(row[k] for k in keys), []).append(row)
+    return grouped
+
+
+def _groups(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(row["group"] for row in rows))
+
+
+def _series(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(row["series"] for row in rows if not row["reference"]))
+
+
+def curve_figure(rows: list[dict], xname: str, yname: str, title: str, xlabel: str, ylabel: str, area: str | None) -> Figure:
+    """One panel per group, one line per candidate (legend with the area under it, when `area` names it),
+    the reference rows dotted."""
+    groups, order = _groups(rows), _series(rows)
+    figure, axes = _grid(len(groups))
+    areas_ = areas(rows, xname, yname) if area else {}
+    lines = _by(rows, "group", "series")
+    for index, group in enumerate(groups):
+        ax = axes.flat[index]
+        for (g, series), points in lines.items():
+            if g != group:
+                continue
+            points = sorted(points, key=lambda row: row["point"])
+            xs, ys = [p[xname] for p in points], [p[yname] for p in points]
+            if points[0]["reference"]:
+                ax.plot(xs, ys, label=series, **REFERENCE_STYLE)
+                continue
+            label = display_name(series) + (f" ({area} {areas_[(g, series)]:.3f})" if area and not np.isnan(areas_[(g, series)]) else "")
+            ax.plot(xs, ys, label=label, **candidate_style(series, order))
+        ax.set(title=group, xlabel=xlabel, ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    figure.suptitle(title)
+    return figure
+
+
+def calibration_figure(task: Task, rows: list[dict]) -> Figure:
+    """Reliability diagram per group (identity dotted); for classification, above the number of test records
+    per probability bin (MoE). Regression bins are deciles of the prediction, equal in size: no counts."""
+    groups, order = _groups(rows), _series(rows)
+    regression = task.type == "regression"
+    per_panel = 1 if regression else 2
+    figure, axes = _grid(len(groups), rows_per_panel=per_panel, height=PANEL if regression else PANEL * 0.7)
+    columns = axes.shape[1]
+    lines = _by(rows, "group", "series")
+    for index, group in enumerate(groups):
+        top = axes[per_panel * (index // columns), index % columns]
+        bottom = None if regression else axes[per_panel * (index // columns) + 1, index % columns]
+        for (g, series), points in lines.items():
+            if g != group:
+                continue
+            points = sorted(points, key=lambda row: row["point"])
+            xs, ys = [p["predicted"] for p in points], [p["observed"] for p in points]
+            if points[0]["reference"]:
+                top.plot(xs, ys, label="perfect calibration", **REFERENCE_STYLE)
+                continue
+            top.plot(xs, ys, marker="o", markersize=3, label=display_name(series), **candidate_style(series, order))
+            if bottom is not None and series == "moe":
+                bottom.bar(xs, [p["count"] for p in points], width=0.8 / CALIBRATION_BINS, color="crimson", alpha=0.6)
+        top.set(title=group, ylabel="mean actual value" if regression else "fraction of positives")
+        top.set_xlabel("mean prediction (decile bins)" if regression else "")
+        top.grid(alpha=0.3)
+        top.legend(fontsize=7, loc="best")
+        if bottom is not None:
+            bottom.set(xlabel="mean predicted probability", ylabel="records (MoE)", xlim=top.get_xlim())
+    for ax in list(axes.flat):
+        if not ax.has_data():
+            ax.set_visible(False)
+    figure.suptitle(f"{task.name}: calibration (reliability diagram)")
+    return figure
+
+
+def confusion_figure(task: Task, rows: list[dict]) -> Figure:
+    """MoE confusion matrix: counts, coloured by the fraction of the actual class (row); multilabel: one 2 x 2
+    matrix per frequent label."""
+    if task.type == "multiclass":
+        panels = [(task.name, list(task.classes), rows)]
+    else:
+        panels = [(label, [f"not {label}", label], [r for r in rows if r["label"] == label]) for label in dict.fromkeys(r["label"] for r in rows)]
+    figure, axes = _grid(len(panels))
+    for index, (label, names, subset) in enumerate(panels):
+        ax = axes.flat[index]
+        position = {name: i for i, name in enumerate(names)}
+        counts = np.zeros((len(names), len(names)), int)
+        for row in subset:
+            counts[position[row["actual"]], position[row["predicted"]]] += 1
+        fraction = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        ax.imshow(fraction, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{counts[i, j]}\n{fraction[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                        color="white" if fraction[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set(title=label if task.type == "multilabel" else "", xlabel="predicted (MoE)", ylabel="actual")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    figure.suptitle(f"{task.name}: confusion matrix of the MoE (test records)")
+    return figure
+
+
+def predicted_vs_actual_figure(task: Task, rows: list[dict]) -> Figure:
+    """Regression: per candidate, every test record's prediction against its actual value, with the identity."""
+    order = list(dict.fromkeys(row["series"] for row in rows))
+    figure, axes = _grid(len(order))
+    values = [row["actual"] for row in rows] + [row["predicted"] for row in rows]
+    low, high = min(values), max(values)
+    for index, series in enumerate(order):
+        ax = axes.flat[index]
+        points = [row for row in rows if row["series"] == series]
+        actual, predicted = np.array([p["actual"] for p in points]), np.array([p["predicted"] for p in points])
+        style = candidate_style(series, order)
+        ax.scatter(actual, predicted, s=10, alpha=0.6, color=style["color"])
+        ax.plot([low, high], [low, high], label="identity", **REFERENCE_STYLE)
+        mae = float(np.mean(np.abs(predicted - actual)))
+        ax.set(title=f"{display_name(series)} (MAE {mae:.3g})", xlabel="actual", ylabel="predicted", xlim=(low, high), ylim=(low, high))
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(order):]:
+        ax.set_visible(False)
+    figure.suptitle(f"{task.name}: predicted vs actual (test records)")
+    return figure
+
+
+def gate_figure(task: Task, rows: list[dict], experts: list[str]) -> Figure:
+    """The MoE gate: mean weight per expert among the test records of each true class (left) and the
+    distribution of each expert's weight over the test records (right)."""
+    figure = Figure(figsize=(2 * PANEL + 2.2, PANEL + 0.6), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    classes = list(dict.fromkeys(row["class"] for row in rows))
+    means = _by(rows, "class", "expert")
+    height = 0.8 / max(len(experts), 1)
+    for e, expert in enumerate(experts):
+        values = [np.mean([r["weight"] for r in means.get((c, expert), [])] or [np.nan]) for c in classes]
+        positions = np.arange(len(classes)) + (e - (len(experts) - 1) / 2) * height
+        left.barh(positions, values, height=height, label=expert, color=EXPERT_COLOURS[e % len(EXPERT_COLOURS)])
+    left.set_yticks(range(len(classes)), classes)
+    left.invert_yaxis()
+    left.axvline(1 / max(len(experts), 1), **REFERENCE_STYLE, label="equal weights")
+    left.set(title="mean weight by true class", xlabel="gate weight", xlim=(0, 1))
+    left.legend(fontsize=7, loc="best")
+    per_record = {}
+    for row in rows:
+        per_record[(row["record_id"], row["expert"])] = row["weight"]
+    distributions = [[w for (record, expert), w in per_record.items() if expert == name] for name in experts]
+    parts = right.boxplot(distributions, orientation="horizontal", tick_labels=experts, patch_artist=True)
+    for e, box in enumerate(parts["boxes"]):
+        box.set_facecolor(EXPERT_COLOURS[e % len(EXPERT_COLOURS)])
+        box.set_alpha(0.6)
+    right.invert_yaxis()
+    right.axvline(1 / max(len(experts), 1), **REFERENCE_STYLE)
+    right.set(title=f"weight over the {len({r for r, _ in per_record})} test records", xlabel="gate weight", xlim=(0, 1))
+    figure.suptitle(f"{task.name}: MoE gate weights")
+    return figure
+
+
+def training_figure(task: Task, histories: dict[str, dict[str, dict[str, list[float]]]]) -> Figure:
+    """Training curves: one row per expert (its fold heads) and one for the gate (its variants); train and
+    held-out loss per epoch, the held-out loss starting at epoch 0 (before training), the best epoch marked."""
+    owners = list(histories)
+    columns = max((len(v) for v in histories.values()), default=1)
+    figure = Figure(figsize=(PANEL * columns * 0.9 + 0.4, PANEL * 0.75 * len(owners) + 0.6), layout="constrained")
+    axes = figure.subplots(len(owners), columns, squeeze=False)
+    for r, owner in enumerate(owners):
+        for c, (curve, history) in enumerate(histories[owner].items()):
+            ax = axes[r, c]
+            train, validation = history.get("train", []), history.get("validation", [])
+            ax.plot(range(1, len(train) + 1), train, color="tab:blue", label="train")
+            if validation:
+                ax.plot(range(len(validation)), validation, color="tab:orange", label="held-out")
+                best = int(np.nanargmin(validation))
+                ax.plot([best], [validation[best]], "o", color="tab:orange", markersize=4)
+            ax.set(title=f"{owner} {curve}", xlabel="epoch", ylabel="loss")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        for c in range(len(histories[owner]), columns):
+            axes[r, c].set_visible(False)
+    figure.suptitle(f"{task.name}: training curves")
+    return figure
+
+
+def write_figures(directory: Path, task: Task, tables: dict[str, list[dict]], experts: list[str], histories: dict) -> list[Path]:
+    """Every PNG of a task into `directory` (plots/TASK/); returns their paths."""
+    directory = Path(directory)
+    written = []
+    if tables["roc"]:
+        written.append(_save(curve_figure(tables["roc"], "fpr", "tpr", f"{task.name}: ROC (test records)", "false positive rate", "true positive rate", "AUC"), directory / "roc.png"))
+    if tables["precision_recall"]:
+        written.append(_save(curve_figure(tables["precision_recall"], "recall", "precision", f"{task.name}: precision-recall (test records)", "recall", "precision", "area"),
+                             directory / "precision_recall.png"))
+    if tables["calibration"]:
+        written.append(_save(calibration_figure(task, tables["calibration"]), directory / "calibration.png"))
+    if tables["confusion"]:
+        written.append(_save(confusion_figure(task, tables["confusion"]), directory / "confusion.png"))
+    if tables["predicted_vs_actual"]:
+        written.append(_save(predicted_vs_actual_figure(task, tables["predicted_vs_actual"]), directory / "predicted_vs_actual.png"))
+    if tables["gate"]:
+        written.append(_save(gate_figure(task, tables["gate"], experts), directory / "gate.png"))
+    if histories:
+        written.append(_save(training_figure(task, histories), directory / "training.png"))
+    return written

@@ -1,0 +1,293 @@
+"""What the evaluation's pictures show, as tidy rows (lists of dicts): one table per kind of plot, the same
+tables feeding DVC's vega plots (`plot_data/KIND/TASK.json`) and the matplotlib PNGs (`plots/TASK/*.png`).
+
+Curves are drawn for every expert, their plain mean and the MoE (probes and gate ablations are left to the
+metrics table). Their "groups" (one panel each):
+- binary: the positive class;
+- multiclass: each class one-vs-rest (with a positive and a negative among the test records);
+- multilabel: the macro average (ROC: mean TPR on a common FPR grid; precision-recall: mean interpolated
+  precision on a common recall grid) and the TOP_LABELS most frequent labels;
+- regression: one group, the task; it has no ROC or precision-recall curve, but a binned calibration curve
+  (mean actual value per decile of the prediction) and predicted vs actual per record.
+
+Every curve's rows carry `point` (its order along the curve, so a vertical ROC step is drawn as one) and
+reference rows (`reference: true`: the chance diagonal of a ROC, the prevalence of a precision-recall panel,
+the identity of a calibration diagram), so that any renderer draws them without knowing the kind.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from sklearn.metrics import auc, precision_recall_curve, roc_curve
+
+from pipeline.layout import gate_dir, head_dir
+from pipeline.tasks import Task
+
+TOP_LABELS = 4  # multilabel: the most frequent labels drawn beside the macro average
+CALIBRATION_BINS = 10
+MAX_CURVE_POINTS = 200  # a curve with more vertices is thinned evenly (its ends kept)
+GRID = np.linspace(0.0, 1.0, 101)  # the common grid of macro-averaged curves
+MACRO = "macro"
+
+
+def curve_candidates(candidates: dict) -> list[str]:
+    """The candidates a curve is drawn for, in order: every expert, the plain mean, the MoE."""
+    return [name for name in candidates if name.startswith("expert:")] + [name for name in ("mean", "moe") if name in candidates]
+
+
+def label_matrix(task: Task, truth: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """(truth as a boolean [N, K] one-vs-rest matrix, the K column names); binary: one column, the task."""
+    truth = np.asarray(truth)
+    if task.type == "multiclass":
+        return truth.reshape(-1, 1) == np.arange(len(task.classes)), list(task.classes)
+    if task.type == "multilabel":
+        return truth.reshape(len(truth), -1) >= 0.5, list(task.classes)
+    return truth.reshape(-1, 1) >= 0.5, [task.name]
+
+
+def score_matrix(prediction: np.ndarray, n: int) -> np.ndarray:
+    return np.asarray(prediction, dtype=float).reshape(n, -1)
+
+
+def curve_groups(task: Task, truth: np.ndarray, top: int = TOP_LABELS) -> list[tuple[str, int | None]]:
+    """(panel name, label column or None for the macro average) for every ROC / PR / calibration panel."""
+    if task.type == "regression":
+        return []
+    matrix, names = label_matrix(task, truth)
+    count = matrix.sum(0)
+    usable = [k for k in range(matrix.shape[1]) if 0 < count[k] < len(matrix)]
+    if task.type != "multilabel":
+        return [(names[k], k) for k in usable]
+    frequent = sorted(usable, key=lambda k: (-count[k], k))[:top]
+    return ([(MACRO, None)] if usable else []) + [(names[k], k) for k in frequent]
+
+
+def _thin(*columns: np.ndarray, limit: int = MAX_CURVE_POINTS) -> list[np.ndarray]:
+    n = len(columns[0])
+    if n <= limit:
+        return list(columns)
+    keep = np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+    return [column[keep] for column in columns]
+
+
+def _rows(group: str, series: str, xname: str, yname: str, xs, ys, reference: bool = False) -> list[dict]:
+    return [{"group": group, "series": series, "point": i, xname: round(float(x), 5), yname: round(float(y), 5), "reference": reference}
+            for i, (x, y) in enumerate(zip(xs, ys))]
+
+
+def _usable_columns(matrix: np.ndarray) -> list[int]:
+    count = matrix.sum(0)
+    return [k for k in range(matrix.shape[1]) if 0 < count[k] < len(matrix)]
+
+
+def _roc(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    fpr, tpr, _ = roc_curve(positive, score, drop_intermediate=True)
+    return fpr, tpr
+
+
+def _pr(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) from the highest threshold down, i.e. recall increasing (scikit-learn's, reversed)."""
+    precision, recall, _ = precision_recall_curve(positive, score, drop_intermediate=True)
+    return recall[::-1], precision[::-1]
+
+
+def _macro_roc(matrix: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    tprs = [np.interp(GRID, *_roc(matrix[:, k], scores[:, k])) for k in _usable_columns(matrix)]
+    tpr = np.mean(tprs, axis=0)
+    tpr[0] = 0.0
+    return GRID, tpr
+
+
+def _macro_pr(matrix: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean interpolated precision (the best precision at a recall of at least r) on the recall grid."""
+    curves = []
+    for k in _usable_columns(matrix):
+        recall, precision = _pr(matrix[:, k], scores[:, k])
+        best = np.maximum.accumulate(precision[::-1])[::-1]  # best precision at this recall or beyond
+        index = np.searchsorted(recall, GRID, side="left").clip(max=len(recall) - 1)
+        curves.append(best[index])
+    return GRID, np.mean(curves, axis=0)
+
+
+def roc_rows(task: Task, truth: np.ndarray, candidates: dict[str, np.ndarray]) -> list[dict]:
+    """ROC curves (`fpr`, `tpr`) of every curve candidate in every group, and each group's chance diagonal."""
+    matrix, _ = label_matrix(task, truth)
+    rows = []
+    for group, k in curve_groups(task, truth):
+        for name in curve_candidates(candidates):
+            scores = score_matrix(candidates[name], len(matrix))
+            fpr, tpr = _macro_roc(matrix, scores) if k is None else _roc(matrix[:, k], scores[:, k])
+            rows += _rows(group, name, "fpr", "tpr", *_thin(fpr, tpr))
+        rows += _rows(group, "chance", "fpr", "tpr", [0.0, 1.0], [0.0, 1.0], reference=True)
+    return rows
+
+
+def pr_rows(task: Task, truth: np.ndarray, candidates: dict[str, np.ndarray]) -> list[dict]:
+    """Precision-recall curves (`recall`, `precision`) and each group's prevalence (a classifier at chance)."""
+    matrix, _ = label_matrix(task, truth)
+    rows = []
+    for group, k in curve_groups(task, truth):
+        for name in curve_candidates(candidates):
+            scores = score_matrix(candidates[name], len(matrix))
+            recall, precision = _macro_pr(matrix, scores) if k is None else _pr(matrix[:, k], scores[:, k])
+            rows += _rows(group, name, "recall", "precision", *_thin(recall, precision))
+        usable = _usable_columns(matrix)
+        prevalence = float(matrix[:, usable].mean()) if k is None else float(matrix[:, k].mean())
+        rows += _rows(group, "prevalence", "recall", "precision", [0.0, 1.0], [prevalence, prevalence], reference=True)
+    return rows
+
+
+def _binned_regression(actual: np.ndarray, predicted: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean prediction, mean actual, count) per quantile bin of the prediction."""
+    edges = np.unique(np.quantile(predicted, np.linspace(0, 1, bins + 1)))
+    which = np.clip(np.searchsorted(edges, predicted, side="right") - 1, 0, max(len(edges) - 2, 0))
+    used = np.unique(which)
+    return (np.array([predicted[which == b].mean() for b in used]), np.array([actual[which == b].mean() for b in used]),
+            np.array([(which == b).sum() for b in used]))
+
+
+def _binned_probability(positive: np.ndarray, score: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean predicted probability, fraction of positives, count) per non-empty uniform bin: the bins of
+    scikit-learn's `calibration_curve(strategy="uniform")` (same values), with the counts it does not return."""
+    which = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], np.clip(score, 0.0, 1.0))
+    count = np.bincount(which, minlength=bins)
+    used = count > 0
+    mean = lambda values: np.bincount(which, weights=values, minlength=bins)[used] / count[used]  # noqa: E731
+    return mean(np.clip(score, 0.0, 1.0)), mean(positive.astype(float)), count[used]
+
+
+def calibration_rows(task: Task, truth: np.ndarray, candidates: dict[str, np.ndarray], bins: int = CALIBRATION_BINS) -> list[dict]:
+    """Reliability diagrams (`predicted`, `observed`, `count`): for classification, the fraction of positives per
+    bin of predicted probability (uniform bins, empty ones left out; multilabel macro: the labels pooled); for
+    regression, the mean actual value per quantile bin of the prediction. Plus the identity (perfect calibration)."""
+    rows = []
+    if task.type == "regression":
+        actual = np.asarray(truth, dtype=float).reshape(-1)
+        low, high = float(actual.min()), float(actual.max())
+        for name in curve_candidates(candidates):
+            predicted = np.asarray(candidates[name], dtype=float).reshape(-1)
+            x, y, count = _binned_regression(actual, predicted, bins)
+            rows += [{**row, "count": int(c)} for row, c in zip(_rows(task.name, name, "predicted", "observed", x, y), count)]
+            low, high = min(low, float(x.min())), max(high, float(x.max()))
+        return rows + _rows(task.name, "identity", "predicted", "observed", [low, high], [low, high], reference=True)
+    matrix, _ = label_matrix(task, truth)
+    for group, k in curve_groups(task, truth):
+        columns = _usable_columns(matrix) if k is None else [k]
+        positive = matrix[:, columns].reshape(-1)
+        for name in curve_candidates(candidates):
+            score = score_matrix(candidates[name], len(matrix))[:, columns].reshape(-1)
+            x, y, count = _binned_probability(positive, score, bins)
+            rows += [{**row, "count": int(c)} for row, c in zip(_rows(group, name, "predicted", "observed", x, y), count)]
+        rows += _rows(group, "identity", "predicted", "observed", [0.0, 1.0], [0.0, 1.0], reference=True)
+    return rows
+
+
+def areas(rows: list[dict], xname: str, yname: str) -> dict[tuple[str, str], float]:
+    """(group, series) -> area under its curve (trapezoidal, in point order), for legends."""
+    found: dict[tuple[str, str], list] = {}
+    for row in rows:
+        if not row["reference"]:
+            found.setdefault((row["group"], row["series"]), []).append((row["point"], row[xname], row[yname]))
+    out = {}
+    for key, points in found.items():
+        points.sort()
+        xs, ys = np.array([p[1] for p in points]), np.array([p[2] for p in points])
+        out[key] = float(auc(xs, ys)) if len(xs) > 1 and np.all(np.diff(xs) >= 0) else float("nan")
+    return out
+
+
+def class_groups(task: Task, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Group name -> mask of test records: each class (multiclass), 0/1 (binary), the positives of each label
+    (multilabel; a record may be in several), the thirds of the target's range (regression). The groups of
+    pipeline.stage_two.evaluation.weights_by_class."""
+    truth = np.asarray(truth)
+    if task.type == "regression":
+        edges = np.quantile(truth, [1 / 3, 2 / 3])
+        return {"low third": truth <= edges[0], "middle third": (truth > edges[0]) & (truth <= edges[1]), "high third": truth > edges[1]}
+    if task.type == "binary":
+        return {"0": truth.reshape(-1) < 0.5, "1": truth.reshape(-1) >= 0.5}
+    if task.type == "multiclass":
+        return {name: truth == k for k, name in enumerate(task.classes)}
+    return {name: truth[:, k] >= 0.5 for k, name in enumerate(task.classes)}
+
+
+def gate_rows(task: Task, truth: np.ndarray, weights: np.ndarray, experts: list[str], record_ids) -> list[dict]:
+    """One row per test record, class group and expert: the MoE gate's (mean over folds) weight. A multilabel
+    record is in the group of each of its labels; groups of the most frequent labels only (TOP_LABELS)."""
+    groups = {name: mask for name, mask in class_groups(task, truth).items() if mask.any()}
+    if task.type == "multilabel":
+        groups = dict(sorted(groups.items(), key=lambda item: -item[1].sum())[:TOP_LABELS])
+    rows = []
+    for group, mask in groups.items():
+        for r in np.flatnonzero(mask):
+            rows += [{"record_id": str(record_ids[r]), "class": group, "expert": expert, "weight": round(float(weights[r, e]), 5)}
+                     for e, expert in enumerate(experts)]
+    return rows
+
+
+def confusion_rows(task: Task, truth: np.ndarray, prediction: np.ndarray, record_ids) -> list[dict]:
+    """One row per test record (multilabel: per record and frequent label) with the `actual` and `predicted`
+    class names, for a confusion matrix (DVC's `confusion` template counts them). Thresholds as the metrics:
+    argmax (multiclass), 0.5 (binary, multilabel). Regression: none (see predicted_vs_actual_rows)."""
+    if task.type == "regression":
+        return []
+    n = len(truth)
+    score = score_matrix(prediction, n)
+    if task.type == "multiclass":
+        actual, predicted = np.asarray(truth).reshape(-1), score.argmax(1)
+        return [{"record_id": str(i), "actual": task.classes[a], "predicted": task.classes[p]} for i, a, p in zip(record_ids, actual, predicted)]
+    matrix, names = label_matrix(task, truth)
+    says = lambda name, flag: name if flag else f"not {name}"  # noqa: E731
+    columns = [k for _, k in curve_groups(task, truth) if k is not None] if task.type == "multilabel" else [0]
+    return [{"record_id": str(record_ids[r]), "label": names[k], "actual": says(names[k], matrix[r, k]), "predicted": says(names[k], score[r, k] >= 0.5)}
+            for k in columns for r in range(n)]
+
+
+def predicted_vs_actual_rows(task: Task, truth: np.ndarray, candidates: dict[str, np.ndarray], record_ids) -> list[dict]:
+    """Regression: one row per test record and curve candidate (`actual`, `predicted`); other types: none."""
+    if task.type != "regression":
+        return []
+    actual = np.asarray(truth, dtype=float).reshape(-1)
+    return [{"record_id": str(i), "series": name, "actual": round(float(a), 5), "predicted": round(float(p), 5)}
+            for name in curve_candidates(candidates) for i, a, p in zip(record_ids, actual, np.asarray(candidates[name], dtype=float).reshape(-1))]
+
+
+def training_histories(task: str, experts: list[str]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Every recorded training curve of a task: expert -> {"foldI": history} (heads/TASK/B/meta.json) and
+    "gate" -> {variant: history} (gates/TASK/gate.json); those not on disk are left out."""
+    found = {}
+    for expert in experts:
+        meta = head_dir(task, expert) / "meta.json"
+        if meta.exists():
+            found[expert] = {f"fold{i}": h for i, h in enumerate(json.loads(meta.read_text()).get("histories", []))}
+    config = gate_dir(task) / "gate.json"
+    if config.exists():
+        found["gate"] = {name: v["history"] for name, v in json.loads(config.read_text())["variants"].items() if v.get("history")}
+    return {owner: curves for owner, curves in found.items() if curves}
+
+
+def training_rows(histories: dict[str, dict[str, list[float]]]) -> list[dict]:
+    """Training curves as rows (`group`: the fold or gate variant, `series`: train or validation, `epoch`, `loss`).
+    A history's validation[0] is the held-out loss before the first epoch (epoch 0); train[i] is epoch i + 1."""
+    rows = []
+    for group, history in histories.items():
+        for series, start in (("train", 1), ("validation", 0)):
+            values = history.get(series, [])
+            rows += [{"group": group, "series": series, "point": i, "epoch": start + i, "loss": round(float(v), 6), "reference": False}
+                     for i, v in enumerate(values) if np.isfinite(v)]
+    return rows
+
+
+def plot_tables(task: Task, truth: np.ndarray, candidates: dict[str, np.ndarray], weights: np.ndarray, experts: list[str], record_ids) -> dict[str, list[dict]]:
+    """Every evaluation table by kind (the `plot_data/KIND/` folders); a kind that does not apply is empty."""
+    classification = task.type != "regression"
+    return {
+        "roc": roc_rows(task, truth, candidates) if classification else [],
+        "precision_recall": pr_rows(task, truth, candidates) if classification else [],
+        "calibration": calibration_rows(task, truth, candidates),
+        "confusion": confusion_rows(task, truth, candidates["moe"], record_ids),
+        "predicted_vs_actual": predicted_vs_actual_rows(task, truth, candidates, record_ids),
+        "gate": gate_rows(task, truth, weights, experts, record_ids),
+    }
