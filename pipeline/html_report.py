@@ -26,13 +26,14 @@ import jinja2
 import zarr
 
 from pipeline import __version__
-from pipeline.layout import CORPUS, embeddings_path, metrics_path
+from pipeline.layout import CORPUS, embeddings_path, figures_dir, metrics_path
 
 FIGURE_TITLES = {
-    "roc": "ROC curves", "precision_recall": "Precision-recall curves", "calibration": "Calibration (reliability diagram)",
-    "confusion": "Confusion matrix (MoE)", "predicted_vs_actual": "Predicted vs actual", "gate": "MoE gate weights",
+    "roc": "ROC curves", "precision_recall": "Precision-recall curves", "predicted_vs_actual": "Predicted vs actual",
+    "calibration": "Calibration (reliability diagram)", "confusion": "Confusion matrix (MoE)", "gate": "MoE gate weights",
     "training": "Training curves (heads per fold, gate)",
 }
+THIRDS = ("low third", "middle third", "high third")  # a regression task's groups of records, in order
 HIGHER_IS_BETTER = {"mae": False, "mse": False}
 
 
@@ -69,9 +70,8 @@ def read_attrs(path: Path) -> dict | None:
         return None
 
 
-def gather(params: dict, figures_dir) -> dict:
-    """Everything the report shows, from the artifacts of the run that params describe. `figures_dir(task)` is
-    the folder of a task's PNGs."""
+def gather(params: dict) -> dict:
+    """Everything the report shows, from the artifacts of the run that params describe."""
     tasks = []
     for name in params.get("tasks", []):
         path = metrics_path(name)
@@ -103,6 +103,19 @@ def excludes_zero(stat: dict) -> str:
 def metric_columns(report: dict) -> list[str]:
     rows = list(report.get("models", {}).values())
     return list(rows[0]) if rows else []
+
+
+def candidate_order(models: dict) -> list[str]:
+    """Experts, their mean, the MoE and its ablations, then the probes (metrics/TASK.json stores them sorted)."""
+    rank = lambda name: (0 if name.startswith("expert:") else 1 if name == "mean" else 2 if name == "moe" else 3 if name.startswith("moe") else 4)  # noqa: E731
+    return sorted(models, key=lambda name: (rank(name), list(models).index(name)))
+
+
+def group_order(report: dict) -> list[str]:
+    """The gate's groups of records in the task's order (its classes, or the thirds of a regression target)."""
+    groups = list((report.get("gate_weights") or {}).get("by_class") or {})
+    known = [*THIRDS, "0", "1", *((report.get("bootstrap") or {}).get("labels") or [])]
+    return [g for g in dict.fromkeys(known) if g in groups] + [g for g in groups if g not in known]
 
 
 def best_per_metric(report: dict) -> dict[str, str]:
@@ -156,12 +169,12 @@ every number below is in <code>metrics/TASK.json</code>.</p>
 {% else %}
 {% set r = task.report %}{% set boot = r.bootstrap %}{% set best = best_per_metric(r) %}
 <p>Test set: {{ r.n_test }} records of {{ boot.subjects }} subjects (training: {{ r.n_train }} records).
-{{ "%.0f" | format(100 * boot.confidence) }}% intervals from {{ boot.resamples_used }} of {{ boot.resamples }} bootstrap resamples of {{ boot.unit }}s{% if boot.labels_used is defined and boot.labels_used is not none %}; macro averages over {{ boot.labels_used }} labels{% endif %}.
+{{ "%.0f" | format(100 * boot.confidence) }}% intervals from {{ boot.resamples_used }} of {{ boot.resamples }} bootstrap resamples of {{ boot.unit }}s{% if boot.labels_used %}; macro averages over {{ boot.labels_used }} labels{% endif %}.
 Best single expert on these records: <b>{{ r.best_expert }}</b>.</p>
 {% for warning in r.warnings or [] %}<p class="warn">warning: {{ warning }}</p>{% endfor %}
 <table>
 <tr><th>candidate</th>{% for m in metric_columns(r) %}<th>{{ m }}</th>{% endfor %}</tr>
-{% for name, row in r.models.items() %}
+{% for name in candidate_order(r.models) %}{% set row = r.models[name] %}
 <tr{% if name == "moe" %} class="moe"{% endif %}><td>{{ name }}</td>{% for m in metric_columns(r) %}<td{% if best.get(m) == name %} class="best"{% endif %}>{{ cell(row.get(m)) }}</td>{% endfor %}</tr>
 {% endfor %}
 </table>
@@ -180,7 +193,7 @@ Best single expert on these records: <b>{{ r.best_expert }}</b>.</p>
 <table>
 <tr><th>records</th>{% for e in experts %}<th>{{ e }}</th>{% endfor %}</tr>
 <tr><td>all</td>{% for e in experts %}<td>{{ "%.3f" | format(r.gate_weights.mean[e]) }}</td>{% endfor %}</tr>
-{% for group, weights in (r.gate_weights.by_class or {}).items() %}
+{% for group in group_order(r) %}{% set weights = r.gate_weights.by_class[group] %}
 <tr><td>true class {{ group }}</td>{% for e in experts %}<td>{{ "%.3f" | format(weights[e]) if e in weights else "" }}</td>{% endfor %}</tr>
 {% endfor %}
 </table>
@@ -241,15 +254,16 @@ def render(inputs: dict) -> str:
     return TEMPLATE.render(
         **inputs, version=__version__, written=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         cell=cell, excludes_zero=excludes_zero, metric_columns=metric_columns, best_per_metric=best_per_metric,
+        candidate_order=candidate_order, group_order=group_order,
     )
 
 
-def write_report(params: dict, figures_dir, out: Path) -> Path:
+def write_report(params: dict, out: Path) -> Path:
     """report.html (or `out`) from the current run's artifacts, written whole (a temporary file renamed)."""
     from pipeline.stores import atomic_path
 
     out = Path(out)
-    html = render(gather(params, figures_dir))
+    html = render(gather(params))
     with atomic_path(out) as tmp:
         tmp.write_text(html, encoding="utf-8")
     return out

@@ -25,5 +25,14 @@ def metrics_path(task: str) -> Path:
     return Path("metrics") / f"{task}.json"
 
 
-def plots_path(task: str) -> Path:
-    return Path("plots") / task / "predictions.csv"
+def figures_dir(task: str) -> Path:
+    """plots/TASK/: the task's pictures as PNG files (matplotlib), shown by `dvc plots show` and `enecg report`."""
+    return Path("plots") / task
+
+
+def plot_table_path(kind: str, task: str) -> Path:
+    """plot_data/KIND/TASK.json: the rows of one kind of plot (roc, calibration, ...) that DVC's vega plots draw."""
+    return Path("plot_data") / kind / f"{task}.json"
+
+
+REPORT = Path("report.html")  # `enecg report`: the whole run in one self-contained page

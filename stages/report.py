@@ -5,10 +5,8 @@ backbones' checkpoint hashes and provenance). See pipeline.html_report."""
 from pathlib import Path
 
 from pipeline.html_report import write_report
-from pipeline.stage_two.plots import figures_dir
-
-REPORT = Path("report.html")
+from pipeline.layout import REPORT
 
 
 def run(params: dict, out: Path = REPORT) -> Path:
-    return write_report(params, figures_dir, out)
+    return write_report(params, out)

@@ -58,7 +58,7 @@ def test_heads_gate_and_metrics_are_the_same_bits_when_run_twice(project, monkey
     result = CliRunner().invoke(app, ["fit-ensemble", "--task", TASK], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     first = stage_two(folder)
-    assert len(first) > 10 and any(name.endswith("gate.safetensors") for name in first)
+    assert len(first) > 10 and any(name.endswith("moe.safetensors") for name in first)
     again = subprocess.run([str(ENECG), "fit-ensemble", "--task", TASK], cwd=folder, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     second = stage_two(folder)

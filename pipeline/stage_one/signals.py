@@ -14,16 +14,33 @@ or gain field that is not a number (wfdb would silently use WFDB's defaults), a 
 signal file shorter than the header's length (a truncated copy) is a RecordError with that reason, never
 a read of garbage or a huge allocation from a corrupt length field. Every failure to read a record
 is a RecordError; anything else escaping `read_record` is a bug (tests/test_fuzz.py looks for them).
+
+PhysioNet/CinC Challenge 2020/2021 records are read as distributed: the samples are in a MATLAB v4 file
+`E00001.mat` (one int16 matrix `val` [leads, samples], after a 24-byte MATLAB header), which the signal
+lines give as format `16+24` (format 16 from byte 24). The 20-byte MATLAB header of every `.mat` signal
+file is checked against the header (int16 or int32 little-endian for format 16 or 32, one row per
+signal, at least the header's length of columns, samples starting at the stated byte offset), so a .mat
+saved another way is refused rather than read as noise. Some of the challenge's sets (Georgia's) name
+the record on the record line by its signal file, `E00001.mat 12 500 5000 ...`, which WFDB's syntax
+(and wfdb.rdheader) does not allow; such a header is accepted when that name is the record's own file
+stem + `.mat` and every signal line reads that .mat file: the header text is then parsed in memory by
+wfdb's own header parser with the record name restored to the stem, and the samples read by wfdb's own
+reader from the .mat file (nothing is copied or written). A record line that names another record, with
+or without `.mat`, is still refused as the header of another record.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import wfdb
+from wfdb.io import _header as wfdb_header_fields
+from wfdb.io import _signal as wfdb_signal
+from wfdb.io.header import parse_header_content
 
 from pipeline.ecg import LEADS_12, resample
 from pipeline.errors import RecordError
@@ -40,6 +57,12 @@ _COMPRESSED_FORMATS = ("508", "516", "524")
 # the time and amplitude scales are therefore checked as written.
 _RATE_FIELD = re.compile(r"(\d+\.?\d*|\.\d+)(/[-\d.]*(\([-\d.]*\))?)?")  # fs[/counter_freq[(base_counter)]]
 _GAIN_FIELD = re.compile(r"-?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?(\(-?\d+\))?(/.*)?")  # gain[(baseline)][/units]
+# The record line of some PhysioNet/CinC challenge headers names the signal file: `E00001.mat 12 500 5000 ...`.
+_MAT_RECORD_NAME = re.compile(r"[-\w]+\.mat")
+# MATLAB v4 matrix type (MOPT) that holds each WFDB format's samples: little-endian (M 0), full numeric (T 0),
+# int16 (P 3) for format 16, int32 (P 2) for format 32. A v4 header is 5 int32 (type, rows, columns,
+# imaginary flag, name length) followed by the variable's name, NUL included.
+_MAT_V4_TYPES = {"16": (30, "int16"), "32": (20, "int32")}
 
 
 @dataclass(frozen=True)
@@ -74,19 +97,65 @@ def lead_order(names: list[str], record: str) -> list[int]:
     return [positions[lead] for lead in LEADS_12]
 
 
-def _read_header(path: Path) -> wfdb.Record | wfdb.MultiRecord:
-    """The parsed header, checked for what would make reading its samples wrong or dangerous."""
+def _record_line_name(text: str) -> str | None:
+    """The first field of the header's record line (its first line that is neither blank nor a comment)."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return line.split()[0]
+    return None
+
+
+def _parse_challenge_header(text: str, path: Path, named: str) -> wfdb.Record:
+    """A challenge header whose record line names the signal file (`E00001.mat 12 500 ...`), parsed in memory.
+
+    wfdb.rdheader refuses a `.` in the record name ("invalid syntax in record line"); this runs the same
+    parsers as rdheader on the header's text (read as rdheader reads it) with the record name set back to
+    the file stem. The caller has checked that `named` is `path.name + ".mat"`.
+    """
+    lines, comments = parse_header_content(text)
+    record_line = lines[0]
+    lines[0] = path.name + record_line[record_line.index(named) + len(named) :]
+    fields = wfdb_header_fields._parse_record_line(lines[0])
+    header = wfdb.Record()
+    if len(lines) > 1:
+        for field, value in wfdb_header_fields._parse_signal_lines(lines[1:]).items():
+            setattr(header, field, value)
+    for field, value in fields.items():
+        if field != "n_seg":  # the stem holds no '/': a single-segment record
+            setattr(header, field, value)
+    header.comments = [line.strip(" \t#") for line in comments]
+    return header
+
+
+def _read_header(path: Path) -> tuple[wfdb.Record | wfdb.MultiRecord, bool]:
+    """The parsed header, checked for what would make reading its samples wrong or dangerous, and whether
+    it is in the challenge form whose record line names the .mat signal file (see the module docstring)."""
     record = str(path)
     header_file = path.with_name(path.name + ".hea")
     if not header_file.is_file():
         raise RecordError(f"{record}: header {header_file} does not exist")
+    raw = header_file.read_bytes()
+    named = _record_line_name(raw.decode("ascii", errors="ignore"))  # as wfdb reads the header
+    challenge_form = named is not None and named != path.name and _MAT_RECORD_NAME.fullmatch(named) is not None
+    if challenge_form and named != path.name + ".mat":
+        raise RecordError(f"{record}: the header names record {named!r}, not {path.name!r}; the header belongs to another record")
     try:
-        header = wfdb.rdheader(record)
+        if challenge_form:
+            header = _parse_challenge_header(raw.decode("ascii", errors="ignore"), path, named)
+        else:
+            header = wfdb.rdheader(record)
     except Exception as error:  # wfdb raises HeaderSyntaxError, ValueError, IndexError... for a bad header
         raise RecordError(f"{record}: unreadable header ({type(error).__name__}: {error})") from None
     if header.record_name != path.name:
         raise RecordError(f"{record}: the header names record {header.record_name!r}, not {path.name!r}; the header belongs to another record")
-    _check_scale_fields(header_file.read_bytes().decode("utf-8", errors="replace"), header, record)
+    if challenge_form and header.n_sig and set(header.file_name) != {named}:
+        others = sorted(set(header.file_name) - {named})
+        raise RecordError(
+            f"{record}: the record line names {named!r}, the challenge form for a record stored in that file, but "
+            f"its signal lines read {others}; the header belongs to another record"
+        )
+    _check_scale_fields(raw.decode("utf-8", errors="replace"), header, record)
     fs = header.fs
     if not isinstance(fs, (int, float)) or not RATE_RANGE_HZ[0] <= fs <= RATE_RANGE_HZ[1]:  # also refuses NaN
         raise RecordError(f"{record}: sampling rate {fs!r} Hz in the header is outside the supported {RATE_RANGE_HZ[0]:g}-{RATE_RANGE_HZ[1]:g} Hz")
@@ -94,7 +163,7 @@ def _read_header(path: Path) -> wfdb.Record | wfdb.MultiRecord:
         raise RecordError(f"{record}: the header declares no signals")
     if not isinstance(header, wfdb.MultiRecord):  # each segment of a multi-segment record is its own record
         _check_signal_files(header, path)
-    return header
+    return header, challenge_form
 
 
 def _check_scale_fields(text: str, header: wfdb.Record | wfdb.MultiRecord, record: str) -> None:
@@ -130,9 +199,76 @@ def _check_signal_files(header: wfdb.Record, path: Path) -> None:
         length = header.sig_len if header.sig_len is not None else max(0, int((size - offset) / frame))  # as wfdb infers it
         if size < offset + int(length * frame):
             raise RecordError(f"{path}: signal file {file.name} is truncated: {size} bytes, the header needs {offset + int(length * frame)}")
+        if file.suffix == ".mat" and fmt in _MAT_V4_TYPES:
+            _check_mat_file(file, fmt, offset, len(channels), length, path)
         skew = max(header.skew[i] or 0 for i in channels)  # wfdb allocates the skew on top of the length
         if skew > length:
             raise RecordError(f"{path}: skew of {skew} samples in the header is longer than the record ({length} samples)")
+
+
+def _check_mat_file(file: Path, fmt: str, offset: int, channels: int, length: int, path: Path) -> None:
+    """A .mat signal file is the MATLAB v4 matrix [channels, >= length] of the format's integers that the
+    header's byte offset skips the MATLAB header of (the challenge's `16+24`: int16 `val`, 20 + 4 bytes)."""
+    with open(file, "rb") as handle:
+        head = handle.read(20)
+    if len(head) < 20:
+        raise RecordError(f"{path}: signal file {file.name} is too short ({len(head)} bytes) for a MATLAB v4 header")
+    kind, rows, columns, imaginary, name_length = struct.unpack("<5i", head)
+    expected, dtype = _MAT_V4_TYPES[fmt]
+    if kind != expected or imaginary:
+        raise RecordError(
+            f"{path}: signal file {file.name} is not a MATLAB v4 little-endian real {dtype} matrix (type {kind}, "
+            f"imaginary flag {imaginary}), which WFDB format {fmt} reads"
+        )
+    if offset != 20 + name_length:
+        raise RecordError(
+            f"{path}: the samples of {file.name} start at byte {20 + name_length} (after its MATLAB v4 header), "
+            f"the header's byte offset is {offset}"
+        )
+    if rows != channels or columns < length:
+        raise RecordError(
+            f"{path}: signal file {file.name} holds a {rows} x {columns} matrix; the header needs {channels} signals "
+            f"(rows) of {length} samples (columns)"
+        )
+
+
+def _read_challenge_samples(header: wfdb.Record, path: Path, sampto: int | None) -> wfdb.Record:
+    """What wfdb.rdrecord(physical=True, return_res=32) does for a single-segment record, on a header parsed
+    in memory (`_parse_challenge_header`): wfdb's own sample reader and digital-to-physical conversion."""
+    channels = list(range(header.n_sig))
+    if header.sig_len is None:  # as rdrecord infers it: from the size of the first signal file
+        header.sig_len = wfdb_signal._infer_sig_len(
+            file_name=header.file_name[0],
+            fmt=header.fmt[0],
+            tsamps_per_frame=sum(spf for name, spf in zip(header.file_name, header.samps_per_frame) if name == header.file_name[0]),
+            byte_offset=header.byte_offset[0],
+            dir_name=str(path.parent.absolute()),
+            pn_dir=None,
+        )
+    sampto = header.sig_len if sampto is None else sampto
+    header.check_read_inputs(0, sampto, channels, True, True, 32)
+    header.e_d_signal = wfdb_signal._rd_segment(
+        file_name=header.file_name,
+        dir_name=str(path.parent.absolute()),
+        pn_dir=None,
+        fmt=header.fmt,
+        n_sig=header.n_sig,
+        sig_len=header.sig_len,
+        byte_offset=header.byte_offset,
+        samps_per_frame=header.samps_per_frame,
+        skew=header.skew,
+        init_value=header.init_value,
+        sampfrom=0,
+        sampto=sampto,
+        channels=channels,
+        ignore_skew=False,
+        no_file=False,
+        sig_data=None,
+        return_res=32,
+    )
+    header._arrange_fields(channels=channels, sampfrom=0, smooth_frames=True)
+    header.dac(expanded=False, return_res=32, inplace=True)
+    return header
 
 
 def read_record(path: Path, max_seconds: float | None = None) -> tuple[np.ndarray, float]:
@@ -142,13 +278,16 @@ def read_record(path: Path, max_seconds: float | None = None) -> tuple[np.ndarra
     """
     path = Path(path)
     record = str(path)
-    header = _read_header(path)
+    header, challenge_form = _read_header(path)
     sampto = None
     if max_seconds is not None and header.sig_len:
         sampto = min(header.sig_len, int(np.ceil(header.fs * max_seconds)))
     try:  # an absurd gain in the header gives inf samples, which QC then excludes
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-            data = wfdb.rdrecord(record, sampto=sampto, physical=True, return_res=32)
+            if challenge_form:
+                data = _read_challenge_samples(header, path, sampto)
+            else:
+                data = wfdb.rdrecord(record, sampto=sampto, physical=True, return_res=32)
     except Exception as error:  # wfdb raises ValueError, IndexError, OSError... for bad files
         raise RecordError(f"{record}: cannot read WFDB record ({type(error).__name__}: {error})") from None
     if data.p_signal is None or data.p_signal.ndim != 2 or data.p_signal.shape[0] == 0:

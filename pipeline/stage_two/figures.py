@@ -89,7 +89,7 @@ def curve_figure(rows: list[dict], xname: str, yname: str, title: str, xlabel: s
             ax.plot(xs, ys, label=label, **candidate_style(series, order))
         ax.set(title=group, xlabel=xlabel, ylabel=ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="lower right" if area == "AUC" else "lower left")
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)
     figure.suptitle(title)
@@ -122,7 +122,8 @@ def calibration_figure(task: Task, rows: list[dict]) -> Figure:
         top.set(title=group, ylabel="mean actual value" if regression else "fraction of positives")
         top.set_xlabel("mean prediction (decile bins)" if regression else "")
         top.grid(alpha=0.3)
-        top.legend(fontsize=7, loc="best")
+        if index == 0:
+            top.legend(fontsize=7, loc="upper left")
         if bottom is not None:
             bottom.set(xlabel="mean predicted probability", ylabel="records (MoE)", xlim=top.get_xlim())
     for ax in list(axes.flat):
@@ -234,10 +235,10 @@ def training_figure(task: Task, histories: dict[str, dict[str, dict[str, list[fl
                 ax.plot([best], [validation[best]], "o", color="tab:orange", markersize=4)
             ax.set(title=f"{owner} {curve}", xlabel="epoch", ylabel="loss")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
         for c in range(len(histories[owner]), columns):
             axes[r, c].set_visible(False)
-    figure.suptitle(f"{task.name}: training curves")
+    figure.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside upper right", fontsize=8, ncols=2)
+    figure.suptitle(f"{task.name}: training curves (held-out loss from epoch 0, before training; dot: best epoch)")
     return figure
 
 

@@ -13,23 +13,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
+from pipeline.layout import figures_dir, plot_table_path
 from pipeline.stage_two.dataset import TaskData
 from pipeline.stage_two.evaluation import test_candidates
 from pipeline.stage_two.figures import write_figures
 from pipeline.stage_two.plot_data import plot_tables, training_histories
 from pipeline.stores import atomic_path, strings
+from pipeline.tasks import Task
 
-PLOT_DATA = Path("plot_data")
-FIGURES = Path("plots")
 KINDS = ("roc", "precision_recall", "calibration", "confusion", "predicted_vs_actual", "gate")
-
-
-def table_path(kind: str, task: str) -> Path:
-    return PLOT_DATA / kind / f"{task}.json"
-
-
-def figures_dir(task: str) -> Path:
-    return FIGURES / task
 
 
 def write_table(path: Path, rows: list[dict]) -> None:
@@ -37,17 +31,15 @@ def write_table(path: Path, rows: list[dict]) -> None:
         tmp.write_text(json.dumps(rows, separators=(",", ":")) + "\n")
 
 
-def write_task_plots(data: TaskData) -> dict[str, list[Path]]:
-    """Every table and PNG of the task on its test records; stale files of kinds that no longer apply go."""
-    task = data.task
-    candidates, weights, config = test_candidates(data)
-    experts = list(config["experts"])
-    truth = data.target[data.test]
-    record_ids = strings(data.corpus["record_id"])[data.test]
-    tables = plot_tables(task, truth, candidates, weights["moe"], experts, record_ids)
+def write_plots(task: Task, truth: np.ndarray, candidates: dict[str, np.ndarray], weights: np.ndarray, experts: list[str], record_ids,
+                histories: dict) -> dict[str, list[Path]]:
+    """Every table (plot_data/KIND/TASK.json) and PNG (plots/TASK/*.png) of a task, from its test records'
+    targets, candidates' predictions, the MoE gate's weights [n_test, E] and the training curves; stale files
+    of kinds that no longer apply are removed."""
+    tables = plot_tables(task, truth, candidates, weights, experts, record_ids)
     written = []
     for kind in KINDS:
-        path = table_path(kind, task.name)
+        path = plot_table_path(kind, task.name)
         path.parent.mkdir(parents=True, exist_ok=True)  # every kind's folder exists: each is a DVC output
         if tables[kind]:
             write_table(path, tables[kind])
@@ -56,7 +48,16 @@ def write_task_plots(data: TaskData) -> dict[str, list[Path]]:
             path.unlink()
     directory = figures_dir(task.name)
     directory.mkdir(parents=True, exist_ok=True)
-    figures = write_figures(directory, task, tables, experts, training_histories(task.name, experts))
+    figures = write_figures(directory, task, tables, experts, histories)
     for stale in set(directory.glob("*.png")) - set(figures):
         stale.unlink()
     return {"tables": written, "figures": figures}
+
+
+def write_task_plots(data: TaskData) -> dict[str, list[Path]]:
+    """`write_plots` for a task from its artifacts: the candidates' test predictions and gate weights
+    (pipeline.stage_two.evaluation.test_candidates) and the curves in heads/TASK/*/meta.json and gates/TASK/."""
+    candidates, weights, config = test_candidates(data)
+    experts = list(config["experts"])
+    record_ids = strings(data.corpus["record_id"])[data.test]
+    return write_plots(data.task, data.target[data.test], candidates, weights["moe"], experts, record_ids, training_histories(data.task.name, experts))

@@ -2,23 +2,29 @@
 
 The model splits a 500-sample series into a trend (a moving average) and a seasonal rest (series - trend)
 and maps each with one Linear(500 -> 1); their sum forecasts the next sample, which is EnECG's feature.
-EnECG's published configuration is fixed here: seq_len 500, pred_len 1, moving-average kernel 1001,
+EnECG's published configuration is the default: seq_len 500, pred_len 1, moving-average kernel 1001,
 `individual=False` (one pair of Linears shared by every channel, hence channel-independent). The kernel is
 LONGER than the series: the average pads 500 copies of the first and of the last value on each side, so
-every trend value averages the whole series plus edge copies. It cannot be read from the checkpoint.
+every trend value averages the whole series plus edge copies.
 
 The checkpoint is EnECG's `checkpoints/DLinear/checkpoint.pth`: a bare state_dict (4 keys) saved by
 `torch.save`, with storages tagged cuda:0 (loaded onto the CPU); `enecg pretrain --model dlinear` writes
-the same format (see `pipeline.stage_one.backbones.forecasting`).
+the same format (see `pipeline.stage_one.backbones.forecasting`). A user's own EnECG-trained DLinear of
+another size loads too: seq_len and pred_len are read from `Linear_Seasonal.weight` [pred_len, seq_len];
+the kernel, which no tensor determines, is `kernel_size` in checkpoint_config.json beside the checkpoint
+(an odd number; default 1001), and the series are a 10 s record resampled to seq_len samples unless its
+`sampling_rate` says otherwise (see `forecasting`).
 
 As a backbone, each lead of the record is one series (see `pipeline.stage_one.backbones.forecasting` for the input): the
-embedding holds, per lead, the seasonal and the trend Linear outputs ([B, 2 * leads], lead-major), and
-the native output "forecast" [B, leads] is their sum, EnECG's feature for that lead. A record longer than
-500 samples is split into 500-sample windows whose outputs are averaged.
+embedding holds, per lead, the seasonal and the trend Linear outputs ([B, 2 * pred_len * leads], lead-major,
+seasonal then trend), and the native output "forecast" [B, pred_len * leads] is their sum, EnECG's feature
+for that lead ([B, 24] and [B, 12] at the published size). A record longer than seq_len samples is split
+into seq_len-sample windows whose outputs are averaged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +55,7 @@ class DLinear(nn.Module):
 
     def __init__(self, seq_len: int = SEQ_LEN, pred_len: int = PRED_LEN, kernel_size: int = KERNEL_SIZE):
         super().__init__()
-        self.kernel_size = kernel_size
+        self.seq_len, self.pred_len, self.kernel_size = seq_len, pred_len, kernel_size
         self.Linear_Seasonal = nn.Linear(seq_len, pred_len)
         self.Linear_Trend = nn.Linear(seq_len, pred_len)
 
@@ -93,9 +99,36 @@ CONFIG = BackboneConfig(
 )
 
 
-def load_dlinear(path: Path) -> DLinear:
-    """EnECG's DLinear from its bare state_dict file, every key and shape checked."""
-    return forecasting.load_checkpoint(DLinear(), path, CONFIG.source)
+def sizes(state: dict) -> dict[str, forecasting.Size]:
+    """seq_len and pred_len of a DLinear state_dict, from Linear_Seasonal.weight [pred_len, seq_len] (else Trend's)."""
+    keys = ("Linear_Seasonal.weight", "Linear_Trend.weight")
+    return {
+        "seq_len": forecasting.size_from(state, [(key, lambda shape: shape[1]) for key in keys], SEQ_LEN),
+        "pred_len": forecasting.size_from(state, [(key, lambda shape: shape[0]) for key in keys], PRED_LEN),
+    }
+
+
+def load_sized_dlinear(path: Path, config: dict | None = None) -> tuple[DLinear, dict]:
+    """EnECG's DLinear of the checkpoint's own size, every key and shape checked, and its sizes and settings.
+
+    `config` (EnECG Configs attributes) replaces checkpoint_config.json beside the checkpoint; the settings
+    used are `kernel_size` (default 1001) and `sampling_rate` (default seq_len / 10 s).
+    """
+    state = forecasting.read_state_dict(path, CONFIG.source)
+    settings, where = forecasting.checkpoint_config(path, config)
+    found = forecasting.checked_sizes(sizes(state), settings, where, path)
+    kernel = forecasting.setting(
+        settings, where, "kernel_size", KERNEL_SIZE, lambda k: isinstance(k, int) and k >= 1 and k % 2 == 1,
+        "an odd whole number (the moving-average kernel)",
+    )
+    rate = forecasting.sampling_rate(settings, where, found["seq_len"].value)
+    net = forecasting.load_sized(DLinear, state, path, found, kernel_size=kernel)
+    return net, {name: size.value for name, size in found.items()} | {"kernel_size": kernel, "sampling_rate": rate}
+
+
+def load_dlinear(path: Path, config: dict | None = None) -> DLinear:
+    """EnECG's DLinear from its bare state_dict file at the checkpoint's size, every key and shape checked."""
+    return load_sized_dlinear(path, config)[0]
 
 
 class DLinearBackbone(forecasting.ForecasterBackbone):
@@ -103,14 +136,23 @@ class DLinearBackbone(forecasting.ForecasterBackbone):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         batch, leads, _ = x.shape
-        seasonal, trend = self.net(windows(x, SEQ_LEN).reshape(-1, SEQ_LEN))
-        parts = torch.cat([seasonal, trend], dim=1).reshape(batch, -1, leads, 2).mean(dim=1)  # [B, leads, 2]
-        return {"embedding": parts.reshape(batch, 2 * leads), "forecast": parts.sum(dim=-1)}
+        length, steps = self.net.seq_len, self.net.pred_len
+        seasonal, trend = self.net(windows(x, length).reshape(-1, length))  # [B * W * leads, pred_len] each
+        parts = torch.stack([seasonal, trend], dim=1).reshape(batch, -1, leads, 2, steps).mean(dim=1)
+        return {"embedding": parts.reshape(batch, -1), "forecast": parts.sum(dim=2).reshape(batch, -1)}
+
+
+def backbone_config(settings: dict) -> BackboneConfig:
+    """CONFIG with the input spec and embedding size of a checkpoint's sizes (CONFIG itself at the published ones)."""
+    spec = forecasting.series_spec(settings["seq_len"], settings["sampling_rate"])
+    return dataclasses.replace(CONFIG, spec=spec, embedding_dim=2 * settings["pred_len"] * len(spec.leads))
 
 
 @register_backbone(CONFIG)
-def build(checkpoint: Path) -> Backbone:
-    return DLinearBackbone(load_dlinear(checkpoint))
+def build(checkpoint: Path, config: dict | None = None) -> Backbone:
+    """The backbone at the checkpoint's size; `config` replaces checkpoint_config.json (see load_sized_dlinear)."""
+    net, settings = load_sized_dlinear(checkpoint, config)
+    return DLinearBackbone(net, backbone_config(settings), settings)
 
 
 @register_pretrainer("dlinear")

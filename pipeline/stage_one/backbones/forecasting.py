@@ -17,10 +17,25 @@ and the target is x[SEQ_LEN - s], the sample that follows that input. Every lead
 own series, z-scored like the backbone's `preprocess`. The loss is the mean squared error of the next
 sample, as in Time-Series-Library forecasting; the checkpoint is the model's bare `state_dict` saved by
 `torch.save`, EnECG's own format, so a published checkpoint and ours are interchangeable.
+
+Checkpoints of any size. EnECG sets each model's sizes in a `Configs` class of its main.py (seq_len,
+pred_len, d_model, d_ff, e_layers, num_kernels, top_k, kernel_size, ...) and saves a bare state_dict, so a
+user's own EnECG-trained variant is a state_dict of other shapes. The loaders read every size the tensors
+determine from the checkpoint itself (`Size`: the value and the key it was read from) and take the rest,
+which no tensor determines, from an optional `checkpoint_config.json` beside the checkpoint file (a JSON
+object named as EnECG's Configs attributes, e.g. {"top_k": 5}; the published values are the defaults);
+a size stated there too must equal the tensors'. The model is then built at those sizes and every key and
+shape checked (`load_state_dict_strict`): a checkpoint whose keys or shapes disagree with each other is
+refused with the keys listed and the sizes that were read. The series a checkpoint of `seq_len` L is fed
+is a 10 s record resampled to L samples (L / 10 Hz; 50 Hz for the published 500), as EnECG's data loader
+does (`--downsample_size_ts`); `sampling_rate` in checkpoint_config.json says otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -41,11 +56,141 @@ from pipeline.stage_one.backbones import (
 )
 
 SEQ_LEN = 500
+RECORD_SECONDS = 10.0  # EnECG resamples a 10 s record to the model's seq_len samples
 INPUT_SPEC = InputSpec(
-    sampling_rate=50.0,
+    sampling_rate=SEQ_LEN / RECORD_SECONDS,
     samples=SEQ_LEN,
     normalisation="z-score per record over all its leads together (one mean, one std), as EnECG",
 )
+CHECKPOINT_CONFIG = "checkpoint_config.json"  # beside the checkpoint file: the settings no tensor determines
+# The attributes of EnECG's `Configs` / `ConfigsTimes` (main.py load_model_dlinear / load_model_timesnet), which a
+# checkpoint_config.json may copy as they are; a backbone uses the ones that matter to it, `sampling_rate` is ours.
+ENECG_CONFIG_KEYS = frozenset({
+    "seq_len", "pred_len", "label_len", "d_model", "d_ff", "num_kernels", "top_k", "e_layers", "enc_in", "c_out",
+    "embed", "freq", "dropout", "moving_avg", "weights", "kernel_size", "task_name", "sampling_rate",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """A model size read from a checkpoint: its value and what in the state dict gave it (a key and that
+    tensor's shape, or the keys counted); `source` None means nothing did and it is the published default."""
+
+    value: int
+    source: str | None = None
+
+    def describe(self, name: str) -> str:
+        return f"{name} {self.value} ({'from ' + self.source if self.source else 'the published default'})"
+
+
+def size_from(state: dict, candidates: list[tuple[str, Callable[[tuple[int, ...]], int]]], default: int) -> Size:
+    """The size given by the first candidate key that holds a tensor: (key, shape -> size); else `default`."""
+    for key, read in candidates:
+        value = state.get(key)
+        if isinstance(value, torch.Tensor):
+            shape = tuple(value.shape)
+            try:
+                return Size(int(read(shape)), f"{key} {shape}")
+            except IndexError:  # too few dimensions: the strict check names the key
+                continue
+    return Size(default)
+
+
+def read_state_dict(path: Path, source: str) -> dict:
+    """EnECG's checkpoint format: a bare state_dict of tensors. `source` says where a good one comes from."""
+    state = load_torch_file(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(state).__name__}, not the bare state_dict EnECG saves; "
+            f"get one from: {source}"
+        )
+    others = sorted(str(key) for key, value in state.items() if not isinstance(value, torch.Tensor))
+    if others:
+        raise CheckpointError(f"checkpoint {path} is not a state_dict of tensors: keys {others[:20]} hold other values")
+    return state
+
+
+def checkpoint_config(path: Path, config: dict | None = None) -> tuple[dict, str]:
+    """The settings for checkpoint `path`: `config` when given, else checkpoint_config.json beside it, else {};
+    with where they came from. Keys outside EnECG's Configs attributes are refused (a typo would be ignored)."""
+    where = "the build's config"
+    if config is None:
+        file = Path(path).parent / CHECKPOINT_CONFIG
+        if not file.is_file():
+            return {}, "defaults"
+        where = str(file)
+        try:
+            config = json.loads(file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"{file}: not readable JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}: expected a JSON object of EnECG Configs attributes, got {type(config).__name__}")
+    unknown = sorted(set(config) - ENECG_CONFIG_KEYS)
+    if unknown:
+        raise CheckpointError(f"{where}: unknown settings {unknown}; known (EnECG's Configs attributes): {sorted(ENECG_CONFIG_KEYS)}")
+    return dict(config), where
+
+
+def setting(config: dict, where: str, name: str, default, valid: Callable[[object], bool], expected: str):
+    """One setting of `config` (or its default), refused naming the file and key unless `valid`."""
+    value = config.get(name, default)
+    if isinstance(value, bool) or not valid(value):
+        raise CheckpointError(f"{where}: {name} must be {expected}; got {value!r}")
+    return value
+
+
+def whole(low: int, high: float = math.inf) -> Callable[[object], bool]:
+    """A validity test for `setting`: a whole number from `low` to `high`."""
+    return lambda value: isinstance(value, int) and low <= value <= high
+
+
+def sampling_rate(config: dict, where: str, seq_len: int) -> float:
+    """The rate (Hz) of the series: `sampling_rate` of the config, else seq_len samples per 10 s record."""
+    rate = setting(
+        config, where, "sampling_rate", seq_len / RECORD_SECONDS,
+        lambda value: isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= 20_000,
+        "a rate in Hz, above 0 and at most 20000",
+    )
+    return float(rate)
+
+
+def checked_sizes(sizes: dict[str, Size], config: dict, where: str, path: Path) -> dict[str, Size]:
+    """The sizes read from the tensors, each at least 1 and equal to the config's where it states one too."""
+    for name, size in sizes.items():
+        if size.value < 1:
+            raise CheckpointError(f"checkpoint {path}: {size.describe(name)} is not a size")
+        if name in config and size.source is not None and config[name] != size.value:
+            raise CheckpointError(
+                f"{where}: {name} is {config[name]!r}, but the checkpoint's tensors give {size.describe(name)}"
+            )
+    return sizes
+
+
+def series_spec(seq_len: int, rate: float) -> InputSpec:
+    """The input of a forecaster over `seq_len`-sample series at `rate` Hz (INPUT_SPEC at the published size)."""
+    return dataclasses.replace(INPUT_SPEC, sampling_rate=float(rate), samples=int(seq_len))
+
+
+def load_sized(make: Callable[..., nn.Module], state: dict, path: Path, sizes: dict[str, Size], **settings) -> nn.Module:
+    """`make(**sizes, **settings)` with the state_dict loaded, every key and shape checked.
+
+    The shapes are first compared on a model built on the meta device (no memory): a checkpoint whose key
+    names imply a huge model allocates nothing before it is refused, and the refusal lists the keys
+    (load_state_dict_strict's message) and the sizes read from the checkpoint.
+    """
+    kwargs = {name: size.value for name, size in sizes.items()} | settings
+    read = ", ".join(size.describe(name) for name, size in sizes.items())
+    try:
+        with torch.device("meta"):
+            skeleton = make(**kwargs)
+        expected = {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}
+        if expected != {key: tuple(value.shape) for key, value in state.items()}:
+            load_state_dict_strict(skeleton, state, path)  # raises, listing the keys
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}\n  sizes read from the checkpoint: {read}") from None
+    model = make(**kwargs)
+    load_state_dict_strict(model, state, path)
+    return model
 
 
 def zscore_record(signals: np.ndarray) -> np.ndarray:
@@ -73,13 +218,7 @@ def load_checkpoint(model: nn.Module, path: Path, source: str) -> nn.Module:
 
     `source` tells the user where a good checkpoint comes from, should this one not fit.
     """
-    state = load_torch_file(path)
-    if not isinstance(state, dict):
-        raise CheckpointError(
-            f"checkpoint {path} holds a {type(state).__name__}, not the bare state_dict EnECG saves; "
-            f"get one from: {source}"
-        )
-    load_state_dict_strict(model, state, path)
+    load_state_dict_strict(model, read_state_dict(path, source), path)
     return model
 
 
@@ -196,11 +335,19 @@ def pretrain(
 
 
 class ForecasterBackbone(Backbone):
-    """A frozen EnECG forecaster as a backbone: the record z-score of `zscore_record`, then the subclass's forward."""
+    """A frozen EnECG forecaster as a backbone: the record z-score of `zscore_record`, then the subclass's forward.
 
-    def __init__(self, net: nn.Module):
+    `config` is this checkpoint's: the registered one with the input spec and embedding size of its sizes
+    (equal to the registered one for the published sizes); `checkpoint_config` holds every size and setting
+    the model was built with.
+    """
+
+    def __init__(self, net: nn.Module, config=None, checkpoint_config: dict | None = None):
         super().__init__()
         self.net = net
+        if config is not None:
+            self.config = config
+        self.checkpoint_config = dict(checkpoint_config or {})
 
     def preprocess(self, signals: np.ndarray) -> np.ndarray:
         return zscore_record(signals)

@@ -5,8 +5,15 @@ positions), stretches it from 500 to 501 steps (`predict_linear`), then runs Tim
 top-k periods of its input by FFT, folds the sequence into a [rows, period] grid per period, applies 2D
 inception convolutions, unfolds, and mixes the k results by softmaxed FFT amplitudes. A Linear projects
 back to one value per step, de-normalised; the last step is the forecast, EnECG's feature.
-EnECG's published configuration is fixed here (seq_len 500, pred_len 1, d_model 16, d_ff 32, 6 kernels,
-top-3 periods, 3 layers, dropout 0.3, one input channel).
+EnECG's published configuration is the default (seq_len 500, pred_len 1, d_model 16, d_ff 32, 6 kernels,
+top-3 periods, 3 layers, dropout 0.3, one input channel). A user's own EnECG-trained TimesNet of another
+size loads too (see `forecasting`): seq_len and pred_len are read from `predict_linear.weight`
+[seq_len + pred_len, seq_len], d_model from the value embedding's `tokenConv.weight` [d_model, 1, 3], d_ff
+from the first Inception's kernel [d_ff, d_model, 1, 1], e_layers from the blocks `model.N.*` and
+num_kernels from the kernels `...kernels.N.*` the state dict holds (every index up to the largest must be
+there), the unused timeF input size and the position table's length from their tensors. `top_k`, which no
+tensor determines, is `top_k` in checkpoint_config.json beside the checkpoint (default 3); dropout does
+not act in eval mode.
 
 Quirks of the reference kept on purpose (see the parity fixture's README):
 - The period search casts the complex spectrum to float16, which keeps only its REAL part: periods are
@@ -22,15 +29,18 @@ Quirks of the reference kept on purpose (see the parity fixture's README):
   so the model keeps it to load strictly, as it keeps the sinusoidal buffer `position_embedding.pe`.
 
 As a backbone, each lead is one series (see `pipeline.stage_one.backbones.forecasting` for the input). The embedding holds,
-per lead, the time mean of the final hidden state [d_model] ([B, 16 * leads], lead-major); the native
-output "forecast" [B, leads] is EnECG's feature per lead. A record longer than 500 samples is split into
-500-sample windows whose outputs are averaged. The checkpoint format is the DLinear one: a bare state_dict
-saved by `torch.save` (assumed for the published file, which the repository mirror lacks).
+per lead, the time mean of the final hidden state [d_model] ([B, d_model * leads], lead-major: [B, 192] at
+the published size); the native output "forecast" [B, pred_len * leads] is EnECG's feature per lead. A
+record longer than seq_len samples is split into seq_len-sample windows whose outputs are averaged. The
+checkpoint format is the DLinear one: a bare state_dict saved by `torch.save` (assumed for the published
+file, which the repository mirror lacks).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.errors import CheckpointError
 from pipeline.stage_one.backbones import (
     LEADS_12,
     Backbone,
@@ -149,14 +160,14 @@ class Positions(nn.Module):
 class Embedding(nn.Module):
     """EnECG's DataEmbedding without time marks: circular Conv1d(1 -> d_model, 3) of the values + positions."""
 
-    def __init__(self, d_model: int, dropout: float):
+    def __init__(self, d_model: int, dropout: float, time_features: int = TIME_FEATURES, max_positions: int = MAX_POSITIONS):
         super().__init__()
         self.value_embedding = nn.ModuleDict(
             {"tokenConv": nn.Conv1d(1, d_model, 3, padding=1, padding_mode="circular", bias=False)}
         )
         nn.init.kaiming_normal_(self.value_embedding["tokenConv"].weight, mode="fan_in", nonlinearity="leaky_relu")
-        self.position_embedding = Positions(d_model)
-        self.temporal_embedding = nn.ModuleDict({"embed": nn.Linear(TIME_FEATURES, d_model, bias=False)})  # unused
+        self.position_embedding = Positions(d_model, max_positions)
+        self.temporal_embedding = nn.ModuleDict({"embed": nn.Linear(time_features, d_model, bias=False)})  # unused
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, series: torch.Tensor) -> torch.Tensor:
@@ -178,11 +189,13 @@ class TimesNet(nn.Module):
         top_k: int = TOP_K,
         e_layers: int = E_LAYERS,
         dropout: float = DROPOUT,
+        time_features: int = TIME_FEATURES,
+        max_positions: int = MAX_POSITIONS,
     ):
         super().__init__()
-        self.pred_len = pred_len
+        self.seq_len, self.pred_len = seq_len, pred_len
         self.model = nn.ModuleList(TimesBlock(d_model, d_ff, num_kernels, top_k) for _ in range(e_layers))
-        self.enc_embedding = Embedding(d_model, dropout)
+        self.enc_embedding = Embedding(d_model, dropout, time_features, max_positions)
         self.layer_norm = nn.LayerNorm(d_model)  # one LayerNorm, shared by every block
         self.predict_linear = nn.Linear(seq_len, seq_len + pred_len)
         self.projection = nn.Linear(d_model, 1)
@@ -220,9 +233,81 @@ CONFIG = BackboneConfig(
 )
 
 
-def load_timesnet(path: Path) -> TimesNet:
-    """EnECG's TimesNet from its bare state_dict file, every key and shape checked."""
-    return forecasting.load_checkpoint(TimesNet(), path, CONFIG.source)
+def _indices(state: dict, pattern: str, path: Path) -> int | None:
+    """How many of the numbered modules `pattern` (a regex whose group is the index N) the state dict holds: the
+    largest N + 1. When some N below it has no key at all, the checkpoint is refused with the keys that N
+    would have (those of the other indices), as load_state_dict_strict lists them, before any model is built."""
+    matches = [(key, match) for key in state if (match := re.match(pattern, key))]
+    found = {int(match[1]) for _, match in matches}
+    if not found:
+        return None
+    count = max(found) + 1
+    absent = [index for index in range(count) if index not in found]
+    if absent:
+        missing = sorted({key[: match.start(1)] + str(index) + key[match.end(1) :] for key, match in matches for index in absent})
+        listed = ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
+        raise CheckpointError(
+            f"checkpoint {path} does not match TimesNet:\n  missing keys ({len(missing)}): {listed}\n"
+            f"  (it holds keys up to index {count - 1} of {pattern.split('(')[0].replace(chr(92), '')}N)"
+        )
+    return count
+
+
+def sizes(state: dict, path: Path) -> dict[str, forecasting.Size]:
+    """Every TimesNet size that a state dict's shapes and keys determine (see the module docstring)."""
+    size_from = forecasting.size_from
+    blocks = _indices(state, r"model\.(\d+)\.", path)
+    kernels = _indices(state, r"model\.\d+\.conv\.[02]\.kernels\.(\d+)\.", path)
+    first = [f"model.{block}.conv.0.kernels.{kernel}.weight" for block in range(blocks or 0) for kernel in range(kernels or 0)]
+    return {
+        "seq_len": size_from(state, [("predict_linear.weight", lambda shape: shape[1])], SEQ_LEN),
+        "pred_len": size_from(state, [("predict_linear.weight", lambda shape: shape[0] - shape[1])], PRED_LEN),
+        "d_model": size_from(
+            state,
+            [
+                ("enc_embedding.value_embedding.tokenConv.weight", lambda shape: shape[0]),
+                ("layer_norm.weight", lambda shape: shape[0]),
+                ("projection.weight", lambda shape: shape[1]),
+            ],
+            D_MODEL,
+        ),
+        "d_ff": size_from(state, [(key, lambda shape: shape[0]) for key in first], D_FF),
+        "e_layers": forecasting.Size(blocks, f"keys model.0-{blocks - 1}.*") if blocks else forecasting.Size(E_LAYERS),
+        "num_kernels": (
+            forecasting.Size(kernels, f"keys model.*.conv.*.kernels.0-{kernels - 1}.*") if kernels else forecasting.Size(NUM_KERNELS)
+        ),
+        "time_features": size_from(state, [("enc_embedding.temporal_embedding.embed.weight", lambda shape: shape[1])], TIME_FEATURES),
+        "max_positions": size_from(state, [("enc_embedding.position_embedding.pe", lambda shape: shape[1])], MAX_POSITIONS),
+    }
+
+
+def load_sized_timesnet(path: Path, config: dict | None = None) -> tuple[TimesNet, dict]:
+    """EnECG's TimesNet of the checkpoint's own size, every key and shape checked, and its sizes and settings.
+
+    `config` (EnECG Configs attributes) replaces checkpoint_config.json beside the checkpoint; the settings
+    used are `top_k` (default 3) and `sampling_rate` (default seq_len / 10 s).
+    """
+    state = forecasting.read_state_dict(path, CONFIG.source)
+    settings, where = forecasting.checkpoint_config(path, config)
+    found = forecasting.checked_sizes(sizes(state, path), settings, where, path)
+    d_model, seq_len, pred_len = found["d_model"], found["seq_len"].value, found["pred_len"].value
+    if d_model.value % 2:
+        raise CheckpointError(f"checkpoint {path}: {d_model.describe('d_model')} is odd; TimesNet's position table needs an even d_model")
+    if found["max_positions"].value < seq_len:
+        raise CheckpointError(f"checkpoint {path}: {found['max_positions'].describe('the position table')} is shorter than seq_len {seq_len}")
+    frequencies = (seq_len + pred_len) // 2  # rFFT bins of the blocks' series, the constant one left out
+    top_k = forecasting.setting(
+        settings, where, "top_k", TOP_K, forecasting.whole(1, frequencies),
+        f"a whole number of periods from 1 to {frequencies} (the non-constant frequencies of {seq_len + pred_len} steps)",
+    )
+    rate = forecasting.sampling_rate(settings, where, seq_len)
+    net = forecasting.load_sized(TimesNet, state, path, found, top_k=top_k)
+    return net, {name: size.value for name, size in found.items()} | {"top_k": top_k, "sampling_rate": rate}
+
+
+def load_timesnet(path: Path, config: dict | None = None) -> TimesNet:
+    """EnECG's TimesNet from its bare state_dict file at the checkpoint's size, every key and shape checked."""
+    return load_sized_timesnet(path, config)[0]
 
 
 class TimesNetBackbone(forecasting.ForecasterBackbone):
@@ -230,17 +315,26 @@ class TimesNetBackbone(forecasting.ForecasterBackbone):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         batch, leads, _ = x.shape
-        forecast, hidden = self.net(windows(x, SEQ_LEN).reshape(-1, SEQ_LEN), per_series_periods=True)
+        length = self.net.seq_len
+        forecast, hidden = self.net(windows(x, length).reshape(-1, length), per_series_periods=True)
         embedding = hidden.mean(dim=1).reshape(batch, -1, leads, hidden.shape[-1]).mean(dim=1)
         return {
             "embedding": embedding.reshape(batch, -1),
-            "forecast": forecast[:, 0].reshape(batch, -1, leads).mean(dim=1),
+            "forecast": forecast.reshape(batch, -1, leads, forecast.shape[-1]).mean(dim=1).reshape(batch, -1),
         }
 
 
+def backbone_config(settings: dict) -> BackboneConfig:
+    """CONFIG with the input spec and embedding size of a checkpoint's sizes (CONFIG itself at the published ones)."""
+    spec = forecasting.series_spec(settings["seq_len"], settings["sampling_rate"])
+    return dataclasses.replace(CONFIG, spec=spec, embedding_dim=settings["d_model"] * len(spec.leads))
+
+
 @register_backbone(CONFIG)
-def build(checkpoint: Path) -> Backbone:
-    return TimesNetBackbone(load_timesnet(checkpoint))
+def build(checkpoint: Path, config: dict | None = None) -> Backbone:
+    """The backbone at the checkpoint's size; `config` replaces checkpoint_config.json (see load_sized_timesnet)."""
+    net, settings = load_sized_timesnet(checkpoint, config)
+    return TimesNetBackbone(net, backbone_config(settings), settings)
 
 
 @register_pretrainer("timesnet")
