@@ -176,17 +176,24 @@ def cross_validate(task: str = typer.Option(..., "--task", "-t", help=TASK_HELP)
 @app.command()
 @user_errors
 def predict(
-    records: list[Path] = typer.Argument(..., help="WFDB record paths (without extension)"),
+    records: list[Path] = typer.Argument(..., help="WFDB records: rec, rec.hea, rec.dat or rec.mat (one record)"),
     task: Optional[list[str]] = typer.Option(
         None, "--task", "-t", help=f"{TASK_HELP}; repeatable; default: every task in params.yaml `tasks`"
     ),
     params: Path = PARAMS,
+    as_json: bool = typer.Option(False, "--json", help="print the predictions as JSON on stdout (no table)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write them to FILE: .csv or .json"),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", metavar="DIR", help="draw each record's 12 leads with its predictions -> DIR/<record>.png"
+    ),
 ):
-    """Run the trained chain (backbones, heads, gate) on new WFDB records."""
+    """Run the trained chain (backbones, heads, gate) on new WFDB records: per record and task the prediction,
+    each expert's own prediction and gate weight, and an out-of-distribution flag (a signal unlike an ECG, or an
+    embedding far from the training records'). Exits 1 when no record could be predicted."""
     from stages import predict as stage
 
     loaded = load_params(params)
-    stage.run(loaded, records, task or list(loaded["tasks"]))
+    stage.run(loaded, records, task or list(loaded["tasks"]), as_json=as_json, out=out, plot=plot)
 
 
 @app.command()

@@ -84,7 +84,7 @@ def _record_path(entry: dict, where: str) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise ManifestError(f"{where}: field 'path' must be a non-empty string, got {raw!r}")
     path = PurePosixPath(_text(raw.strip(), where, "path").replace("\\", "/"))
-    if path.suffix in (".hea", ".dat"):
+    if path.suffix in (".hea", ".dat", ".mat"):
         path = path.with_suffix("")
     if ".." in path.parts:
         raise ManifestError(f"{where}: path {raw!r} leaves the data root ('..' is not allowed)")

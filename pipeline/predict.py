@@ -25,6 +25,7 @@ from pipeline.ecg import LEADS_12
 from pipeline.errors import RecordError, StoreError
 from pipeline.layout import CORPUS, embeddings_path, gate_dir, head_dir
 from pipeline.stage_one.signals import QCSettings, load_canonical
+from pipeline.stores import strings
 from pipeline.tasks import Task
 
 RECORD_SUFFIXES = (".hea", ".dat", ".mat")  # what a user may name a WFDB record by (header, signal files)
@@ -347,7 +348,7 @@ class Predictor:
         import zarr
 
         try:
-            subjects = np.asarray(zarr.open_group(str(CORPUS), mode="r")["subject_id"][:]).astype(str)
+            subjects = strings(zarr.open_group(str(CORPUS), mode="r")["subject_id"])
         except (KeyError, FileNotFoundError, ValueError):
             return {}
         references = {}
@@ -410,3 +411,35 @@ def predict_records(paths: list[Path], tasks: list[Task], settings: QCSettings, 
     if loaded:
         results = Predictor(tasks, settings, device, batch_size).predict(list(loaded), np.stack(list(loaded.values())))
     return results + [Prediction(name, task.name, None, reason) for name, reason in excluded.items() for task in tasks]
+
+
+def plot_record(folder: Path, name: str, signal: np.ndarray, rate: float, lines: list[str], flags: list[str], taken: list[Path] = ()) -> Path:
+    """Draw a canonical [12, T] record's 12 leads (two columns of six, 10 s each, mV) with its predictions
+    (`lines`) and any out-of-distribution flags in the title; write FOLDER/<record>.png and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stem, path = Path(name).name, folder / f"{Path(name).name}.png"
+    count = 1
+    while path in taken:  # records of the same name in different folders
+        count += 1
+        path = folder / f"{stem}-{count}.png"
+    time = np.arange(signal.shape[1]) / rate
+    figure, axes = plt.subplots(6, 2, figsize=(14, 9), sharex=True, sharey=True, layout="constrained")
+    for index, lead in enumerate(LEADS_12):
+        axis = axes[index % 6, index // 6]
+        axis.plot(time, signal[index], color="black", linewidth=0.6)
+        axis.set_ylabel(lead, rotation=0, labelpad=14)
+        axis.grid(True, color="#f3b6b6", linewidth=0.5)
+    for axis in axes[-1]:
+        axis.set_xlabel("s")
+    title = [name, "   |   ".join(lines)]
+    if flags:
+        title += ["OUT OF DISTRIBUTION: " + flag for flag in flags]
+    figure.suptitle("\n".join(title), fontsize=10, color="darkred" if flags else "black")
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path

@@ -93,12 +93,20 @@ def element_boxes(driver, css: str) -> list[tuple[str, tuple[int, int, int, int]
     return [(name, tuple(round(v * driver.execute_script("return devicePixelRatio")) for v in box)) for name, *box in boxes]
 
 
-def coloured_fraction(png) -> float:
-    """The fraction of a screenshot's (PNG bytes or PIL image) pixels that are coloured (not white, grey or black): axes and
-    text alone give ~0; drawn data (lines, bars, cells, points) give more."""
+def coloured(image) -> np.ndarray:
+    """Which pixels of a screenshot (PNG bytes or PIL image) are coloured: not white, grey or black."""
     from PIL import Image
 
-    image = png if isinstance(png, Image.Image) else Image.open(io.BytesIO(png))
-    rgb = np.asarray(image.convert("RGB"), dtype=int)
-    saturation = rgb.max(axis=2) - rgb.min(axis=2)
-    return float((saturation > 40).mean())
+    image = image if isinstance(image, Image.Image) else Image.open(io.BytesIO(image))
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    return (rgb.max(axis=2) - rgb.min(axis=2)) > 40
+
+
+def coloured_fraction(image, box: tuple[int, int, int, int] | None = None) -> float:
+    """The fraction of a screenshot's pixels (in `box`, left, top, right, bottom, if given; or of a mask from
+    `coloured`) that are coloured: axes and text alone give ~0; drawn data (lines, bars, cells, points) more."""
+    mask = image if isinstance(image, np.ndarray) else coloured(image)
+    if box is not None:
+        left, top, right, bottom = box
+        mask = mask[top:bottom, left:right]
+    return float(mask.mean()) if mask.size else 0.0

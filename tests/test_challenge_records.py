@@ -144,3 +144,17 @@ def test_a_mat_file_not_in_the_challenges_layout_is_refused(tmp_path):
     (tmp_path / "E00004.mat").write_bytes((tmp_path / "E00004.mat").read_bytes()[:30000])
     with pytest.raises(RecordError, match=r"E00004\.mat is truncated: 30000 bytes, the header needs 120024"):
         read_record(path)
+
+
+@pytest.mark.parametrize("mat_suffix", [True, False], ids=["georgia_record_line", "plain_record_line"])
+def test_a_header_with_fewer_signal_lines_than_it_declares_is_refused(tmp_path, mat_suffix):
+    val = samples(5000)
+    path = write_record(tmp_path, "E00005", val, mat_suffix)
+    header = tmp_path / "E00005.hea"
+    lines = header.read_text().splitlines(keepends=True)
+    header.write_text(lines[0] + "".join(lines[13:]))  # the record line and the comments: no signal lines
+    with pytest.raises(RecordError, match=r"the header declares 12 signals but has 0 signal lines"):
+        read_record(path)
+    header.write_text("".join(lines[:7] + lines[13:]))
+    with pytest.raises(RecordError, match=r"the header declares 12 signals but has 6 signal lines"):
+        read_record(path)

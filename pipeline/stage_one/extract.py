@@ -23,7 +23,6 @@ from pipeline.stage_one.backbones import (
     build_backbone,
     checkpoint_sha256,
     default_checkpoint,
-    get_config,
 )
 from pipeline.stores import ChunkedStore, create_records_array, open_corpus, provenance
 
@@ -71,9 +70,9 @@ def extract_embeddings(
     stop_after_chunks: int | None = None,
 ) -> dict:
     """Write embeddings/NAME.zarr; returns a summary. `stop_after_chunks` simulates a kill (tests, benchmarks)."""
-    config = get_config(name)
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(name)
     backbone = build_backbone(name, checkpoint)
+    config = backbone.config  # the registered config, or one sized by the checkpoint (a user's own DLinear/TimesNet)
     torch_device = resolve_device(device)
     backbone.to(torch_device)
 
@@ -86,6 +85,7 @@ def extract_embeddings(
         "backbone": name,
         "spec": config.spec.as_dict(),
         "checkpoint_sha256": checkpoint_sha256(checkpoint),
+        "checkpoint_config": getattr(backbone, "checkpoint_config", None) or {},  # settings no tensor determines
         "corpus": corpus.attrs["provenance"],
     }
     store = ChunkedStore(out, fingerprint, count, chunk_records)

@@ -9,9 +9,10 @@ recorded faster, and the bound also caps the resampling cost). Records longer th
 are cut to its first seconds (only those are read); records between `min_seconds` and the canonical
 duration are zero-padded at the end; anything shorter is excluded.
 
-The header is checked before any sample is read: a header naming another record, a sampling rate, length
-or gain field that is not a number (wfdb would silently use WFDB's defaults), a missing signal file, or a
-signal file shorter than the header's length (a truncated copy) is a RecordError with that reason, never
+The header is checked before any sample is read: a header naming another record, one with another number
+of signal lines than the signals it declares, a sampling rate, length or gain field that is not a number
+(wfdb would silently use WFDB's defaults), a missing signal file, or a signal file shorter than the
+header's length (a truncated copy) is a RecordError with that reason, never
 a read of garbage or a huge allocation from a corrupt length field. Every failure to read a record
 is a RecordError; anything else escaping `read_record` is a bug (tests/test_fuzz.py looks for them).
 
@@ -149,6 +150,8 @@ def _read_header(path: Path) -> tuple[wfdb.Record | wfdb.MultiRecord, bool]:
         raise RecordError(f"{record}: unreadable header ({type(error).__name__}: {error})") from None
     if header.record_name != path.name:
         raise RecordError(f"{record}: the header names record {header.record_name!r}, not {path.name!r}; the header belongs to another record")
+    if not isinstance(header, wfdb.MultiRecord) and header.n_sig and len(header.file_name or []) != header.n_sig:
+        raise RecordError(f"{record}: the header declares {header.n_sig} signals but has {len(header.file_name or [])} signal lines")
     if challenge_form and header.n_sig and set(header.file_name) != {named}:
         others = sorted(set(header.file_name) - {named})
         raise RecordError(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pipeline.stage_two.plot_data import CALIBRATION_BINS, areas
+from pipeline.stage_two.plot_data import areas
 from pipeline.tasks import Task
 
 PANEL = 3.1  # inches per panel
@@ -39,12 +39,22 @@ def candidate_style(candidate: str, order: list[str]) -> dict:
     return {"color": EXPERT_COLOURS[index % len(EXPERT_COLOURS)], "linewidth": 1.2, "alpha": 0.9}
 
 
-def _grid(panels: int, rows_per_panel: int = 1, height: float = PANEL) -> tuple[Figure, list]:
+def _grid(panels: int, height: float = PANEL, share: bool = False) -> tuple[Figure, np.ndarray]:
+    """A figure of `panels` axes, MAX_COLUMNS a row; `share`: common axes, labelled on the outer panels only."""
     columns = max(1, min(panels, MAX_COLUMNS))
     rows = math.ceil(max(panels, 1) / columns)
-    figure = Figure(figsize=(max(PANEL * columns + 0.4, MIN_WIDTH), height * rows * rows_per_panel + 0.6), layout="constrained")
-    axes = figure.subplots(rows * rows_per_panel, columns, squeeze=False)
+    figure = Figure(figsize=(max(PANEL * columns + 0.4, MIN_WIDTH), height * rows + 0.6), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False, sharex=share, sharey=share)
     return figure, axes
+
+
+def _outer_labels(axes: np.ndarray, used: int) -> None:
+    """Shared axes: tick labels and axis titles on the outer panels only (fewer texts to lay out)."""
+    for index, ax in enumerate(axes.flat):
+        if index < used:
+            ax.label_outer(remove_inner_ticks=False)
+        else:
+            ax.set_visible(False)
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -69,14 +79,15 @@ def _series(rows: list[dict]) -> list[str]:
 
 
 def curve_figure(rows: list[dict], xname: str, yname: str, title: str, xlabel: str, ylabel: str, area: str | None) -> Figure:
-    """One panel per group, one line per candidate (legend with the area under it, when `area` names it),
-    the reference rows dotted."""
+    """One panel per group (shared 0-1 axes), one line per candidate, the reference rows dotted; the legend on
+    the first panel, each panel's areas under the curves (when `area` names them) written in it."""
     groups, order = _groups(rows), _series(rows)
-    figure, axes = _grid(len(groups))
+    figure, axes = _grid(len(groups), share=True)
     areas_ = areas(rows, xname, yname) if area else {}
     lines = _by(rows, "group", "series")
     for index, group in enumerate(groups):
         ax = axes.flat[index]
+        written = []
         for (g, series), points in lines.items():
             if g != group:
                 continue
@@ -85,51 +96,51 @@ def curve_figure(rows: list[dict], xname: str, yname: str, title: str, xlabel: s
             if points[0]["reference"]:
                 ax.plot(xs, ys, label=series, **REFERENCE_STYLE)
                 continue
-            label = display_name(series) + (f" ({area} {areas_[(g, series)]:.3f})" if area and not np.isnan(areas_[(g, series)]) else "")
-            ax.plot(xs, ys, label=label, **candidate_style(series, order))
+            ax.plot(xs, ys, label=display_name(series), **candidate_style(series, order))
+            if area and not np.isnan(areas_[(g, series)]):
+                written.append(f"{display_name(series)} {areas_[(g, series)]:.3f}")
+        if written:
+            where = (0.97, 0.03, "right", "bottom") if area == "AUC" else (0.03, 0.03, "left", "bottom")
+            ax.text(where[0], where[1], f"{area}\n" + "\n".join(written), transform=ax.transAxes, ha=where[2], va=where[3], fontsize=7,
+                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
         ax.set(title=group, xlabel=xlabel, ylabel=ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right" if area == "AUC" else "lower left")
-    for ax in list(axes.flat)[len(groups):]:
-        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7, loc="center right" if area == "AUC" else "upper right")
+    _outer_labels(axes, len(groups))
     figure.suptitle(title)
     return figure
 
 
 def calibration_figure(task: Task, rows: list[dict]) -> Figure:
-    """Reliability diagram per group (identity dotted); for classification, above the number of test records
-    per probability bin (MoE). Regression bins are deciles of the prediction, equal in size: no counts."""
+    """Reliability diagram per group (identity dotted); the MoE's markers are sized by the number of test
+    records in the bin (classification; regression bins are deciles of the prediction, equal in size)."""
     groups, order = _groups(rows), _series(rows)
     regression = task.type == "regression"
-    per_panel = 1 if regression else 2
-    figure, axes = _grid(len(groups), rows_per_panel=per_panel, height=PANEL if regression else PANEL * 0.7)
-    columns = axes.shape[1]
+    figure, axes = _grid(len(groups), share=not regression)
     lines = _by(rows, "group", "series")
     for index, group in enumerate(groups):
-        top = axes[per_panel * (index // columns), index % columns]
-        bottom = None if regression else axes[per_panel * (index // columns) + 1, index % columns]
+        ax = axes.flat[index]
         for (g, series), points in lines.items():
             if g != group:
                 continue
             points = sorted(points, key=lambda row: row["point"])
             xs, ys = [p["predicted"] for p in points], [p["observed"] for p in points]
             if points[0]["reference"]:
-                top.plot(xs, ys, label="perfect calibration", **REFERENCE_STYLE)
+                ax.plot(xs, ys, label="perfect calibration", **REFERENCE_STYLE)
                 continue
-            top.plot(xs, ys, marker="o", markersize=3, label=display_name(series), **candidate_style(series, order))
-            if bottom is not None and series == "moe":
-                bottom.bar(xs, [p["count"] for p in points], width=0.8 / CALIBRATION_BINS, color="crimson", alpha=0.6)
-        top.set(title=group, ylabel="mean actual value" if regression else "fraction of positives")
-        top.set_xlabel("mean prediction (decile bins)" if regression else "")
-        top.grid(alpha=0.3)
+            style = candidate_style(series, order)
+            ax.plot(xs, ys, label=display_name(series), **style)
+            if series == "moe" and not regression:
+                counts = np.array([p["count"] for p in points], float)
+                ax.scatter(xs, ys, s=12 + 150 * counts / counts.max(), color=style["color"], alpha=0.5, zorder=6)
+        ax.set(title=group, xlabel="mean prediction (decile bins)" if regression else "mean predicted probability",
+               ylabel="mean actual value" if regression else "fraction of positives")
+        ax.grid(alpha=0.3)
         if index == 0:
-            top.legend(fontsize=7, loc="upper left")
-        if bottom is not None:
-            bottom.set(xlabel="mean predicted probability", ylabel="records (MoE)", xlim=top.get_xlim())
-    for ax in list(axes.flat):
-        if not ax.has_data():
-            ax.set_visible(False)
-    figure.suptitle(f"{task.name}: calibration (reliability diagram)")
+            ax.legend(fontsize=7, loc="upper left")
+    _outer_labels(axes, len(groups))
+    note = "" if regression else "; MoE markers sized by the records in the bin"
+    figure.suptitle(f"{task.name}: calibration (reliability diagram{note})")
     return figure
 
 
@@ -218,26 +229,29 @@ def gate_figure(task: Task, rows: list[dict], experts: list[str]) -> Figure:
 
 
 def training_figure(task: Task, histories: dict[str, dict[str, dict[str, list[float]]]]) -> Figure:
-    """Training curves: one row per expert (its fold heads) and one for the gate (its variants); train and
-    held-out loss per epoch, the held-out loss starting at epoch 0 (before training), the best epoch marked."""
+    """Training curves: one panel per expert (its fold heads overlaid) and one for the gate (its variants);
+    train (blue) and held-out (orange) loss per epoch, the held-out loss from epoch 0 (before training), each
+    curve's best held-out epoch dotted."""
     owners = list(histories)
-    columns = max((len(v) for v in histories.values()), default=1)
-    figure = Figure(figsize=(PANEL * columns * 0.9 + 0.4, PANEL * 0.75 * len(owners) + 0.6), layout="constrained")
-    axes = figure.subplots(len(owners), columns, squeeze=False)
-    for r, owner in enumerate(owners):
-        for c, (curve, history) in enumerate(histories[owner].items()):
-            ax = axes[r, c]
+    figure, axes = _grid(len(owners), height=PANEL * 0.85)
+    for index, owner in enumerate(owners):
+        ax = axes.flat[index]
+        curves = histories[owner]
+        for c, (curve, history) in enumerate(curves.items()):
+            shade = 0.45 + 0.55 * (c + 1) / len(curves)
             train, validation = history.get("train", []), history.get("validation", [])
-            ax.plot(range(1, len(train) + 1), train, color="tab:blue", label="train")
+            ax.plot(range(1, len(train) + 1), train, color="tab:blue", alpha=shade, linewidth=1.1, label="train" if c == 0 else None)
             if validation:
-                ax.plot(range(len(validation)), validation, color="tab:orange", label="held-out")
+                ax.plot(range(len(validation)), validation, color="tab:orange", alpha=shade, linewidth=1.1, label="held-out" if c == 0 else None)
                 best = int(np.nanargmin(validation))
-                ax.plot([best], [validation[best]], "o", color="tab:orange", markersize=4)
-            ax.set(title=f"{owner} {curve}", xlabel="epoch", ylabel="loss")
-            ax.grid(alpha=0.3)
-        for c in range(len(histories[owner]), columns):
-            axes[r, c].set_visible(False)
-    figure.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside upper right", fontsize=8, ncols=2)
+                ax.plot([best], [validation[best]], "o", color="tab:orange", markersize=3.5)
+        what = "gate variants" if owner == "gate" else "fold heads"
+        ax.set(title=f"{owner} ({len(curves)} {what})", xlabel="epoch", ylabel="loss")
+        ax.grid(alpha=0.3)
+        if index == 0:
+            ax.legend(fontsize=7, loc="upper right")
+    for ax in list(axes.flat)[len(owners):]:
+        ax.set_visible(False)
     figure.suptitle(f"{task.name}: training curves (held-out loss from epoch 0, before training; dot: best epoch)")
     return figure
 

@@ -3,7 +3,7 @@
 The heads and gates record their curves while they train (histories {"train": [...], "validation": [...]},
 validation[0] being the held-out loss before the first epoch); a stage hands them here once fitting is done:
 - `live.log_plot` writes every fold's (or gate variant's) train and held-out loss per epoch as one table,
-  DIR/plots/custom/NAME.json, drawn by dvc.yaml with the `enecg_curves` template (a panel per fold, a line per
+  DIR/plots/custom/NAME.json, drawn by dvc.yaml with the `enecg_training` template (a panel per fold, a line per
   split);
 - the summary, DIR/metrics.json (DVC metrics): per fold, its epochs, best held-out loss and the epoch of it,
   and its last training loss.
@@ -47,7 +47,7 @@ def log_training(directory: Path, name: str, histories: dict[str, dict[str, list
 
     with Live(dir=str(directory), resume=keep_others, save_dvc_exp=False, dvcyaml=None, report=None) as live:
         live.step = None  # no step: these curves were logged after the fact, so metrics.json gets no "step" key
-        live.log_plot(name, training_rows(histories), x="epoch", y="loss", template="enecg_curves", title=title)
+        live.log_plot(name, training_rows(histories), x="epoch", y="loss", template="enecg_training", title=title)
         summaries = {curve: summary(history) for curve, history in histories.items()}
         if name == "training":
             live.summary.update(summaries)

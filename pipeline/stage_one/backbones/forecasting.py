@@ -342,12 +342,12 @@ class ForecasterBackbone(Backbone):
     the model was built with.
     """
 
-    def __init__(self, net: nn.Module, config=None, checkpoint_config: dict | None = None):
+    def __init__(self, net: nn.Module, config=None, settings: dict | None = None):
         super().__init__()
         self.net = net
         if config is not None:
             self.config = config
-        self.checkpoint_config = dict(checkpoint_config or {})
+        self.checkpoint_config = dict(settings or {})
 
     def preprocess(self, signals: np.ndarray) -> np.ndarray:
         return zscore_record(signals)

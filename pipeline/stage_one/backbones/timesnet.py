@@ -233,7 +233,7 @@ CONFIG = BackboneConfig(
 )
 
 
-def _indices(state: dict, pattern: str, path: Path) -> int | None:
+def _indices(state: dict, pattern: str, label: str, path: Path) -> int | None:
     """How many of the numbered modules `pattern` (a regex whose group is the index N) the state dict holds: the
     largest N + 1. When some N below it has no key at all, the checkpoint is refused with the keys that N
     would have (those of the other indices), as load_state_dict_strict lists them, before any model is built."""
@@ -248,7 +248,7 @@ def _indices(state: dict, pattern: str, path: Path) -> int | None:
         listed = ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
         raise CheckpointError(
             f"checkpoint {path} does not match TimesNet:\n  missing keys ({len(missing)}): {listed}\n"
-            f"  (it holds keys up to index {count - 1} of {pattern.split('(')[0].replace(chr(92), '')}N)"
+            f"  (it holds keys {label} up to N = {count - 1}, none for N = {', '.join(map(str, absent[:20]))})"
         )
     return count
 
@@ -256,8 +256,8 @@ def _indices(state: dict, pattern: str, path: Path) -> int | None:
 def sizes(state: dict, path: Path) -> dict[str, forecasting.Size]:
     """Every TimesNet size that a state dict's shapes and keys determine (see the module docstring)."""
     size_from = forecasting.size_from
-    blocks = _indices(state, r"model\.(\d+)\.", path)
-    kernels = _indices(state, r"model\.\d+\.conv\.[02]\.kernels\.(\d+)\.", path)
+    blocks = _indices(state, r"model\.(\d+)\.", "model.N.*", path)
+    kernels = _indices(state, r"model\.\d+\.conv\.[02]\.kernels\.(\d+)\.", "model.*.conv.*.kernels.N.*", path)
     first = [f"model.{block}.conv.0.kernels.{kernel}.weight" for block in range(blocks or 0) for kernel in range(kernels or 0)]
     return {
         "seq_len": size_from(state, [("predict_linear.weight", lambda shape: shape[1])], SEQ_LEN),
