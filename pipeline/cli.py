@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from pipeline.errors import EnECGError
+from pipeline.layout import REPORT
 from pipeline.params import load_params
 from pipeline.progress import console
 
@@ -154,7 +155,7 @@ def fit_ensemble(task: str = typer.Option(..., "--task", "-t", help=TASK_HELP), 
 @app.command()
 @user_errors
 def report(
-    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="the HTML file to write"),
+    out: Path = typer.Option(REPORT, "--out", "-o", help="the HTML file to write"),
     params: Path = PARAMS,
 ):
     """One self-contained HTML page of the current run: every task's metrics, intervals, pictures and gate

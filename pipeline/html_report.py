@@ -82,22 +82,21 @@ def gather(params: dict) -> dict:
     return {"tasks": tasks, "corpus": corpus, "backbones": backbones, "params": params}
 
 
-def cell(stat: dict | None) -> str:
-    """'value [low, high]' of a {"value", "low", "high"} summary, 4 significant digits."""
-    if not stat:
-        return ""
-    fmt = lambda x: "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"  # noqa: E731
-    return f"{fmt(stat.get('value'))} [{fmt(stat.get('low'))}, {fmt(stat.get('high'))}]"
+def number(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
 
 
-def excludes_zero(stat: dict) -> str:
-    """'better' / 'worse' where a paired difference's interval excludes 0 (in the metric's good direction)."""
+def interval(stat: dict | None) -> str:
+    """'[low, high]' of a {"value", "low", "high"} summary, 4 significant digits."""
+    return f"[{number(stat.get('low'))}, {number(stat.get('high'))}]" if stat else ""
+
+
+def verdict(stat: dict, metric: str) -> str:
+    """'MoE better' / 'MoE worse' where a paired difference's interval excludes 0 (errors: lower is better)."""
     low, high = stat.get("low"), stat.get("high")
-    if low is None or high is None or (isinstance(low, float) and math.isnan(low)):
+    if low is None or high is None or any(isinstance(v, float) and math.isnan(v) for v in (low, high)) or low <= 0 <= high:
         return ""
-    if low > 0 or high < 0:
-        return "above 0" if low > 0 else "below 0"
-    return ""
+    return "MoE better" if (low > 0) == HIGHER_IS_BETTER.get(metric, True) else "MoE worse"
 
 
 def metric_columns(report: dict) -> list[str]:
@@ -141,14 +140,16 @@ TEMPLATE = jinja2.Template("""<!DOCTYPE html>
   table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 13px; }
   th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; white-space: nowrap; }
   th:first-child, td:first-child { text-align: left; }
+  table.wrap td { white-space: normal; max-width: 22em; }
   th { background: #f3f3f3; }
   tr.moe td { background: #fff1f1; font-weight: 600; }
   td.best { text-decoration: underline; }
+  .ci { color: #666; font-size: 11px; }
   .note { color: #666; font-size: 13px; }
   .warn { color: #a60; }
   .missing { color: #a00; }
   .figures { display: flex; flex-wrap: wrap; gap: 1em; }
-  figure { margin: 0; border: 1px solid #eee; padding: .4em; }
+  figure { margin: 0; border: 1px solid #eee; padding: .4em; min-width: 0; max-width: 100%; box-sizing: border-box; }
   figure img { max-width: 100%; height: auto; display: block; }
   figcaption { font-size: 13px; color: #444; margin-top: .2em; }
   nav a { margin-right: 1em; }
@@ -175,18 +176,18 @@ Best single expert on these records: <b>{{ r.best_expert }}</b>.</p>
 <table>
 <tr><th>candidate</th>{% for m in metric_columns(r) %}<th>{{ m }}</th>{% endfor %}</tr>
 {% for name in candidate_order(r.models) %}{% set row = r.models[name] %}
-<tr{% if name == "moe" %} class="moe"{% endif %}><td>{{ name }}</td>{% for m in metric_columns(r) %}<td{% if best.get(m) == name %} class="best"{% endif %}>{{ cell(row.get(m)) }}</td>{% endfor %}</tr>
+<tr{% if name == "moe" %} class="moe"{% endif %}><td>{{ name }}</td>{% for m in metric_columns(r) %}<td{% if best.get(m) == name %} class="best"{% endif %}>{% if row.get(m) %}{{ number(row[m].value) }}<br><span class="ci">{{ interval(row[m]) }}</span>{% endif %}</td>{% endfor %}</tr>
 {% endfor %}
 </table>
-<p class="note">value [low, high]; underlined: the best point estimate of the column.</p>
+<p class="note">Each cell: the value on the test records, below it its interval [low, high]; underlined: the best point estimate of the column.</p>
 <h3>Paired differences (same resamples)</h3>
 <table>
 <tr><th>difference</th>{% for m in metric_columns(r) %}<th>{{ m }}</th>{% endfor %}</tr>
 {% for name, row in r.paired.items() %}
-<tr><td>{{ name }}</td>{% for m in metric_columns(r) %}<td>{{ cell(row.get(m)) }}{% if row.get(m) and excludes_zero(row[m]) %} <b>({{ excludes_zero(row[m]) }})</b>{% endif %}</td>{% endfor %}</tr>
+<tr><td>{{ name }}</td>{% for m in metric_columns(r) %}<td>{% if row.get(m) %}{{ number(row[m].value) }}<br><span class="ci">{{ interval(row[m]) }}</span>{% if verdict(row[m], m) %}<br><b>{{ verdict(row[m], m) }}</b>{% endif %}{% endif %}</td>{% endfor %}</tr>
 {% endfor %}
 </table>
-<p class="note">moe-best: MoE minus the best single expert (chosen on the test records: the conservative choice); moe-mean: MoE minus the plain mean of the experts. "above 0" / "below 0": the interval excludes 0.</p>
+<p class="note">moe-best: MoE minus the best single expert (chosen on the test records: the conservative choice); moe-mean: MoE minus the plain mean of the experts. "MoE better" / "MoE worse": the interval excludes 0 (for errors such as mae, lower is better).</p>
 {% if r.gate_weights %}
 <h3>Gate weights (MoE, test records)</h3>
 {% set experts = r.gate_weights.mean.keys() | list %}
@@ -231,7 +232,7 @@ Best single expert on these records: <b>{{ r.best_expert }}</b>.</p>
 {% endif %}
 
 <h2 id="backbones">Backbones (frozen, extracted once)</h2>
-<table>
+<table class="wrap">
 <tr><th>backbone</th><th>checkpoint</th><th>sha256</th><th>embedding</th><th>input</th><th>device</th><th>corpus manifest</th><th>enecg</th></tr>
 {% for b in backbones %}
 {% if not b.attrs %}
@@ -253,7 +254,7 @@ Best single expert on these records: <b>{{ r.best_expert }}</b>.</p>
 def render(inputs: dict) -> str:
     return TEMPLATE.render(
         **inputs, version=__version__, written=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        cell=cell, excludes_zero=excludes_zero, metric_columns=metric_columns, best_per_metric=best_per_metric,
+        number=number, interval=interval, verdict=verdict, metric_columns=metric_columns, best_per_metric=best_per_metric,
         candidate_order=candidate_order, group_order=group_order,
     )
 

@@ -4,7 +4,7 @@ predictions -> gates/TASK/, and its training curves logged with DVCLive -> dvcli
 from pipeline.layout import gate_dir
 from pipeline.stage_two.dataset import load_task_data
 from pipeline.stage_two.moe import fit_task_gates, save_gates
-from pipeline.stage_two.training_log import GATES_LOG, log_training
+from pipeline.stage_two.training_log import log_gates
 from pipeline.stores import provenance
 
 
@@ -14,5 +14,5 @@ def run(params: dict, task: str) -> dict:
     gates, config = fit_task_gates(data, backbones, params["gate"])
     save_gates(gates, config, gate_dir(task), {"provenance": provenance(gate=params["gate"], split=params["split"])})
     histories = {name: variant["history"] for name, variant in config["variants"].items()}
-    log_training(GATES_LOG, task, histories, title=f"{task}: MoE gate, loss per epoch", keep_others=True)
+    log_gates(task, histories)
     return {"task": task, "experts": backbones, "gates": list(gates), "epochs": {name: len(v["history"]["train"]) for name, v in config["variants"].items()}}

@@ -4,7 +4,7 @@ and their training curves logged with DVCLive -> dvclive/heads/TASK/BACKBONE/.""
 from pipeline.layout import embeddings_path, head_dir
 from pipeline.stage_two.dataset import load_task_data
 from pipeline.stage_two.experts import fit_expert, save_expert
-from pipeline.stage_two.training_log import heads_log_dir, log_training
+from pipeline.stage_two.training_log import log_heads
 from pipeline.stores import open_embeddings, provenance
 
 
@@ -15,5 +15,5 @@ def run(params: dict, task: str, model: str) -> dict:
     meta = {"task": task, "backbone": model, "provenance": provenance(embeddings=store.attrs["provenance"], heads=params["heads"], split=params["split"])}
     save_expert(fit, data, head_dir(task, model), meta)
     histories = {f"fold{fold}": history for fold, history in enumerate(fit.histories)}
-    log_training(heads_log_dir(task, model), "training", histories, title=f"{task}: {model} heads, loss per epoch")
+    log_heads(task, model, histories)
     return {"task": task, "backbone": model, "train": len(data.train), "test": len(data.test), "epochs": [len(h["train"]) for h in fit.histories]}

@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import EnECGError
-from pipeline.predict import DISTANCE_RATIO_MAX, Prediction, Predictor, load_records, record_path
+from pipeline.predict import (
+    DISTANCE_RATIO_MAX,
+    Prediction,
+    Predictor,
+    load_records,
+    record_path,
+)
 from pipeline.stage_one.signals import QCSettings
 from pipeline.tasks import Task, task_from_params
 
@@ -71,7 +77,10 @@ def run(params: dict, records: list[Path], task_names: list[str], as_json: bool 
             for name, signal in loaded.items():
                 mine = [p for p in block if p.record == name]
                 lines = [f"{p.task}: {describe(tasks[p.task], p.value)}" for p in mine]
-                pictures.append(plot_record(Path(plot), name, signal, settings.sampling_rate, lines, mine[0].flags, taken=pictures))
+                try:
+                    pictures.append(plot_record(Path(plot), name, signal, settings.sampling_rate, lines, mine[0].flags, taken=pictures))
+                except OSError as error:
+                    raise EnECGError(f"--plot {plot}: cannot write the picture of {name} ({error})") from None
     predictions += [Prediction(name, task.name, None, reason) for name, reason in excluded.items() for task in tasks.values()]
     report = json_report(predictions, tasks)
     if as_json:
@@ -79,10 +88,13 @@ def run(params: dict, records: list[Path], task_names: list[str], as_json: bool 
     else:
         show(predictions, tasks, pictures)
     if out is not None:
-        write_out(Path(out), predictions, tasks, report)
+        try:
+            write_out(Path(out), predictions, tasks, report)
+        except OSError as error:
+            raise EnECGError(f"--out {out}: cannot write it ({error})") from None
     predicted = len({p.record for p in predictions if p.value is not None})
     if not predicted:
-        raise EnECGError(f"none of the {len(excluded)} records could be predicted (each one's reason is above)")
+        raise EnECGError(f"none of the {len(excluded)} records could be predicted; each one's reason is given with it")
     return predictions
 
 
@@ -112,6 +124,7 @@ def json_report(predictions: list[Prediction], tasks: dict[str, Task]) -> dict:
 
 def show(predictions: list[Prediction], tasks: dict[str, Task], pictures: list[Path]) -> None:
     """The table (nothing cut: long cells fold), then the excluded records and the flags, each in full."""
+    from rich.markup import escape
     from rich.table import Table
 
     from pipeline.progress import console
@@ -133,16 +146,16 @@ def show(predictions: list[Prediction], tasks: dict[str, Task], pictures: list[P
         verdict = "NO: out of distribution" if flags else "yes"
         if previous is not None and p.record != previous:
             table.add_section()
-        table.add_row(p.record if p.record != previous else "", p.task, describe(task, p.value), experts, verdict)
+        table.add_row(escape(p.record) if p.record != previous else "", p.task, escape(describe(task, p.value)), escape(experts), verdict)
         previous = p.record
     if table.rows:
         console.print(table)
     for record, flags in flagged.items():
-        console.print(f"[bold yellow]out of distribution[/] {record}: " + "; ".join(flags), soft_wrap=True)
+        console.print(f"[bold yellow]out of distribution[/] {escape(record)}: " + escape("; ".join(flags)), soft_wrap=True)
     for record, reason in excluded.items():
-        console.print(f"[bold red]excluded[/] {record}: {reason}", soft_wrap=True)
+        console.print(f"[bold red]excluded[/] {escape(record)}: {escape(reason)}", soft_wrap=True)
     for picture in pictures:
-        console.print(f"wrote {picture}", soft_wrap=True)
+        console.print(f"wrote {escape(str(picture))}", soft_wrap=True)
 
 
 def write_out(path: Path, predictions: list[Prediction], tasks: dict[str, Task], report: dict) -> None:

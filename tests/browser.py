@@ -13,7 +13,7 @@ import io
 import shutil
 import tempfile
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -75,7 +75,7 @@ def network_requests(driver) -> list[str]:
     return [url for url in urls if url.split(":", 1)[0] in ("http", "https", "ws", "wss")]
 
 
-def full_page(driver) -> "Image.Image":
+def full_page(driver):
     """A screenshot of the whole page, beyond the window (Chrome DevTools' captureBeyondViewport), as PIL image."""
     import base64
 

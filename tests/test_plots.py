@@ -19,8 +19,11 @@ from sklearn.metrics import roc_auc_score
 
 from pipeline.layout import figures_dir, plot_table_path
 from pipeline.offline_plots import PLACEHOLDERS, TEMPLATE, version_line, versions
+from pipeline.stage_two import figures
 from pipeline.stage_two.plot_data import (
+    BY_CLASS,
     MACRO,
+    OVER_RECORDS,
     TOP_LABELS,
     areas,
     calibration_rows,
@@ -29,15 +32,25 @@ from pipeline.stage_two.plot_data import (
     gate_rows,
     plot_tables,
     pr_rows,
+    predicted_vs_actual_rows,
     roc_rows,
     training_histories,
     training_rows,
 )
-from pipeline.stage_two import figures
 from pipeline.stage_two.plots import KINDS, write_plots
-from pipeline.stage_two.training_log import GATES_LOG, heads_log_dir, log_training
+from pipeline.stage_two.training_log import GATES_LOG, HEADS_LOG, log_gates, log_heads
 from pipeline.tasks import Task
-from tests.browser import chromium, coloured, coloured_fraction, console_errors, element_boxes, full_page, network_requests, skip_without_browser, wait_for
+from tests.browser import (
+    chromium,
+    coloured,
+    coloured_fraction,
+    console_errors,
+    element_boxes,
+    full_page,
+    network_requests,
+    skip_without_browser,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERTS = ["alpha", "beta"]
@@ -173,16 +186,28 @@ def test_confusion_rows_name_the_classes():
     assert confusion_rows(TASKS["rr"], truth, candidates["moe"], ids) == []
 
 
-def test_gate_rows_hold_every_records_weight_in_each_of_its_classes():
+def test_gate_rows_summarise_the_weights_by_class_and_over_the_records():
     task = TASKS["scp"]
-    truth, _, weights, ids = synthetic(task)
-    rows = gate_rows(task, truth, weights, EXPERTS, ids)
-    norm = [r for r in rows if r["class"] == "NORM" and r["expert"] == "alpha"]
-    assert len(norm) == truth[:, 0].sum()
-    assert np.mean([r["weight"] for r in norm]) == pytest.approx(weights[truth[:, 0] >= 0.5, 0].mean(), abs=1e-4)
-    assert len({r["class"] for r in rows}) == TOP_LABELS
-    thirds = {r["class"] for r in gate_rows(TASKS["rr"], synthetic(TASKS["rr"])[0], weights, EXPERTS, ids)}
+    truth, _, weights, _ = synthetic(task)
+    rows = gate_rows(task, truth, weights, EXPERTS)
+    by_class = {(r["class"], r["expert"]): r for r in rows if r["view"] == BY_CLASS}
+    assert by_class[("NORM", "alpha")]["weight"] == pytest.approx(weights[truth[:, 0] >= 0.5, 0].mean(), abs=1e-4)
+    assert by_class[("NORM", "alpha")]["records"] == truth[:, 0].sum()  # a record counts in each of its labels
+    assert len({c for c, _ in by_class}) == TOP_LABELS
+    spread = {r["expert"]: r for r in rows if r["view"] == OVER_RECORDS}
+    assert spread["beta"]["weight"] == pytest.approx(np.median(weights[:, 1]), abs=1e-4) and spread["beta"]["records"] == len(weights)
+    assert spread["beta"]["low"] <= spread["beta"]["q1"] <= spread["beta"]["q3"] <= spread["beta"]["high"]
+    thirds = {r["class"] for r in gate_rows(TASKS["rr"], synthetic(TASKS["rr"])[0], weights, EXPERTS) if r["view"] == BY_CLASS}
     assert thirds == {"low third", "middle third", "high third"}
+
+
+def test_predicted_vs_actual_shows_the_best_experts_the_mean_and_the_moe():
+    task = TASKS["rr"]
+    truth, candidates, _, ids = synthetic(task)
+    candidates["expert:gamma"] = (truth + 400.0)[:, None]  # the worst expert: left out of the picture
+    rows = predicted_vs_actual_rows(task, truth, candidates, ids)
+    assert list(dict.fromkeys(r["series"] for r in rows)) == ["expert:alpha", "expert:beta", "mean", "moe"]
+    assert [r["actual"] for r in rows if r["series"] == "moe"] == pytest.approx(truth, abs=1e-4)
 
 
 def test_training_rows_start_the_held_out_curve_at_epoch_0():
@@ -209,6 +234,8 @@ def test_plot_tables_leave_out_the_kinds_a_task_type_has_not():
         tables = plot_tables(task, truth, candidates, weights, EXPERTS, ids)
         assert set(tables) == set(KINDS)
         assert {kind for kind, rows in tables.items() if rows} == TABLES[task.type], task.type
+        for kind, rows in tables.items():  # DVC reads a table whose rows differ in keys as no data
+            assert all(row.keys() == rows[0].keys() for row in rows), (task.type, kind)
 
 
 # --- a project with every task type: PNGs, DVCLive logs, DVC's plots ----------------------------------------
@@ -219,7 +246,7 @@ def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
-# the project's tasks: one of each type, the multilabel one with three labels to draw (fewer panels to draw)
+# the project's tasks: one of each type; the multilabel one has three labels with a curve (fewer panels to draw)
 PROJECT = {**TASKS, "scp": Task("scp", "multilabel", "scp", ("NORM", "MI", "STTC", "AFIB"))}
 
 
@@ -246,8 +273,8 @@ def project(tmp_path_factory):
             curves["gate"] = {"moe": histories(1, seed)["fold0"]}
             write_plots(task, truth, candidates, weights, EXPERTS, ids, curves)
             for expert in EXPERTS:
-                log_training(heads_log_dir(name, expert), "training", curves[expert], title=f"{name}: {expert}")
-            log_training(GATES_LOG, name, curves["gate"], title=f"{name}: gate", keep_others=True)
+                log_heads(name, expert, curves[expert])
+            log_gates(name, curves["gate"])
     return root
 
 
@@ -255,20 +282,24 @@ def test_every_task_type_gets_its_pngs(project):
     for name, task in PROJECT.items():
         found = {path.stem: path for path in (project / figures_dir(name)).glob("*.png")}
         assert set(found) == FIGURES[task.type], name
-        for stem, path in found.items():
+        for path in found.values():
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             assert coloured_fraction(path.read_bytes()) > 0.005, f"{path} looks blank"
 
 
 def test_dvclive_logs_the_curves_and_their_summaries(project):
-    summary = json.loads((project / heads_log_dir("rate", "alpha") / "metrics.json").read_text())
-    assert set(summary) == {"fold0"}  # no "step": the curves were logged after training
-    assert set(json.loads((project / heads_log_dir("rate", "beta") / "metrics.json").read_text())) == {"fold0", "fold1"}
-    assert set(summary["fold0"]) == {"epochs", "best_validation_loss", "best_epoch", "last_train_loss"}
+    summary = json.loads((project / HEADS_LOG / "rate" / "beta" / "metrics.json").read_text())
+    curves = histories(folds=2, seed=2 + 1)  # what the fixture logged for beta on the task rate
+    best = [min(h["validation"]) for h in curves.values()]
+    assert summary == pytest.approx({"folds": 2, "epochs": np.mean([len(h["train"]) for h in curves.values()]),
+                                     "best_validation_loss": np.mean(best), "worst_fold_best_validation_loss": max(best)})  # no "step"
     gates = json.loads((project / GATES_LOG / "metrics.json").read_text())
-    assert set(gates) == set(PROJECT), "each task's gate kept beside the others'"
+    assert set(gates) == {"gates"} and set(gates["gates"]) == set(PROJECT), "each task's gate kept beside the others'"
+    assert set(gates["gates"]["scp"]["moe"]) == {"epochs", "best_validation_loss"}
     curve = json.loads((project / GATES_LOG / "plots" / "custom" / "scp.json").read_text())
     assert {row["series"] for row in curve} == {"train", "validation"} and curve[0]["group"] == "moe"
+    rows = json.loads((project / HEADS_LOG / "rate" / "beta" / "plots" / "custom" / "training.json").read_text())
+    assert {row["group"] for row in rows} == {"fold0", "fold1"}
 
 
 def test_dvc_plots_show_draws_every_declared_plot_with_named_classes(project):

@@ -21,10 +21,16 @@ from pipeline.cli import app
 from pipeline.ecg import LEADS_12
 from pipeline.layout import gate_dir, head_dir
 from pipeline.stage_one import backbones as registry
-from pipeline.stage_one.backbones import Backbone, BackboneConfig, InputSpec, build_backbone
+from pipeline.stage_one.backbones import (
+    Backbone,
+    BackboneConfig,
+    InputSpec,
+    build_backbone,
+)
 from pipeline.stage_one.demo import Morphology, _write_record, simulate_record
 from pipeline.stage_one.extract import backbone_inputs, embed_batches
 from pipeline.stage_one.signals import QCSettings, load_canonical
+from pipeline.stores import create_records_array
 from pipeline.tasks import task_from_params
 from tests.conftest import DATA
 
@@ -99,18 +105,15 @@ def project(tmp_path_factory):
         torch.save({f"Linear_{part}.{kind}": torch.randn(shape, generator=weights) * 0.05 for part in ("Seasonal", "Trend") for kind, shape in (("weight", (1, 500)), ("bias", (1,)))},
                    folder / "checkpoints" / "dlinear" / "checkpoint.pth")
         train = simulated(80, seed=1, subject_records=2)
-        train_dir = folder / "train"
-        train_dir.mkdir()
-        for row, (_, signal, _) in enumerate(train):
-            _write_record(train_dir, f"t{row:02d}", signal)
-        signals = np.stack([load_canonical(train_dir / f"t{row:02d}", QCSettings()) for row in range(len(train))])
+        signals = np.stack([np.round(signal.T * 1000) / 1000 for _, signal, _ in train]).astype(np.float32)  # as read from WFDB
         subjects = np.array([subject for subject, _, _ in train])
-        zarr.open_group(str(folder / "corpus.zarr"), mode="w").create_array("subject_id", data=subjects.astype(str))
+        create_records_array(zarr.open_group(str(folder / "corpus.zarr"), mode="w"), "subject_id", (len(train),), len(train), str)[:] = subjects
         embeddings = {}
         for name in EXPERTS:
             model = build_backbone(name)
             embeddings[name] = embed_batches(model, backbone_inputs(signals, 500, list(LEADS_12), model), 16, torch.device("cpu"))["embedding"]
-            zarr.open_group(str(folder / "embeddings" / f"{name}.zarr"), mode="w").create_array("embedding", data=embeddings[name])
+            group = zarr.open_group(str(folder / "embeddings" / f"{name}.zarr"), mode="w")
+            create_records_array(group, "embedding", embeddings[name].shape, 32, "float32")[:] = embeddings[name]
         heads = {**params["heads"], "epochs": 3, "hidden": 32}
         fold_of = np.array([int(s.split("-")[1]) % 2 for s in subjects])
         rows = np.arange(len(train))
@@ -209,17 +212,17 @@ def test_signal_quality_flags_noise_and_not_ecgs(project):
 
 
 def test_signal_quality_passes_real_ecgs():
-    """Real PTB-XL records (100 of each rate) are not flagged."""
+    """Real PTB-XL records (40 at each rate) are not flagged."""
     root = DATA / "ptbxl-500"
     if not root.exists():
         pytest.skip(f"{root} is absent (the shared real-data folder)")
-    paths = sorted((root / "records500").rglob("*.hea"))[:100] + sorted((root / "records100").rglob("*.hea"))[:100]
+    paths = sorted((root / "records500").rglob("*.hea"))[::12] + sorted((root / "records100").rglob("*.hea"))[6::12]
     flagged = {}
     for path in paths:
         quality = chain.signal_quality(load_canonical(path.with_suffix(""), QCSettings()), 500)
         if quality.reasons:
             flagged[path.name] = quality.reasons
-    assert len(paths) == 200 and not flagged, flagged
+    assert len(paths) >= 80 and not flagged, flagged
 
 
 def test_embedding_distance_flags_noise_not_new_subjects(project):
@@ -232,7 +235,6 @@ def test_embedding_distance_flags_noise_not_new_subjects(project):
         assert max(by_record[name].distance.values()) < chain.DISTANCE_RATIO_MAX, by_record[name].distance
         assert not by_record[name].out_of_distribution
     noise = by_record[names[-1]]
-    print("DIST", [by_record[n].distance for n in names])
     assert max(noise.distance.values()) > chain.DISTANCE_RATIO_MAX and any("unlike the training" in f for f in noise.flags)
 
 

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pipeline.stage_two.plot_data import areas
+from pipeline.stage_two.plot_data import BY_CLASS, OVER_RECORDS, areas
 from pipeline.tasks import Task
 
 PANEL = 3.1  # inches per panel
 DPI = 100
 MAX_COLUMNS = 4
-MIN_WIDTH = 5.0  # inches: room for a figure's title above a single panel
+MIN_WIDTH = 6.4  # inches: room for a figure's title and legend beside a single panel
+LEGEND_WIDTH = 1.7  # inches at the right of the panels for a figure's legend
 REFERENCE_STYLE = {"color": "0.55", "linestyle": ":", "linewidth": 1.2}
 EXPERT_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
@@ -29,32 +30,59 @@ def display_name(candidate: str) -> str:
     return {"moe": "MoE", "mean": "mean of experts"}.get(candidate, candidate.removeprefix("expert:"))
 
 
-def candidate_style(candidate: str, order: list[str]) -> dict:
+def candidate_style(candidate: str, experts: list[str]) -> dict:
+    """The MoE thick crimson, the plain mean dashed black, each expert its colour (by its place in `experts`,
+    the same in every figure)."""
     if candidate == "moe":
         return {"color": "crimson", "linewidth": 2.4, "zorder": 5}
     if candidate == "mean":
         return {"color": "black", "linewidth": 1.6, "linestyle": "--", "zorder": 4}
-    experts = [name for name in order if name.startswith("expert:")]
-    index = experts.index(candidate) if candidate in experts else 0
+    name = candidate.removeprefix("expert:")
+    index = experts.index(name) if name in experts else len(experts)
     return {"color": EXPERT_COLOURS[index % len(EXPERT_COLOURS)], "linewidth": 1.2, "alpha": 0.9}
 
 
-def _grid(panels: int, height: float = PANEL, share: bool = False) -> tuple[Figure, np.ndarray]:
-    """A figure of `panels` axes, MAX_COLUMNS a row; `share`: common axes, labelled on the outer panels only."""
+def _grid(panels: int, height: float = PANEL, share: bool = False, legend: bool = False, measured: bool = False) -> tuple[Figure, np.ndarray]:
+    """A figure of `panels` axes, MAX_COLUMNS a row, laid out with fixed margins in inches (matplotlib's layout
+    engines measure every text on every draw: this is much quicker, and the panels here are regular).
+    `share`: common axes, tick labels on the outer panels only; `legend`: room for one legend at the right;
+    `measured`: matplotlib's constrained layout instead, for panels whose labels vary in size (class names)."""
     columns = max(1, min(panels, MAX_COLUMNS))
     rows = math.ceil(max(panels, 1) / columns)
-    figure = Figure(figsize=(max(PANEL * columns + 0.4, MIN_WIDTH), height * rows + 0.6), layout="constrained")
+    left, right, top, bottom = 0.8, (LEGEND_WIDTH if legend else 0.25), 0.8, 0.6
+    wgap, hgap = (0.25 if share else 0.8), (0.45 if share else 0.85)
+    width = max(left + columns * PANEL + (columns - 1) * wgap + right, MIN_WIDTH)
+    tall = top + rows * height + (rows - 1) * hgap + bottom
+    if measured:
+        figure = Figure(figsize=(width, tall), layout="constrained")
+        return figure, figure.subplots(rows, columns, squeeze=False, sharex=share, sharey=share)
+    figure = Figure(figsize=(width, tall))
+    figure.subplots_adjust(left=left / width, right=(left + columns * PANEL + (columns - 1) * wgap) / width, bottom=bottom / tall, top=1 - top / tall,
+                           wspace=wgap / PANEL, hspace=hgap / height)
     axes = figure.subplots(rows, columns, squeeze=False, sharex=share, sharey=share)
     return figure, axes
 
 
+def _legend(figure: Figure, axes: np.ndarray) -> None:
+    """The figure's one legend (the first panel's lines), in the room _grid(legend=True) left right of the panels."""
+    right = max(ax.get_position().x1 for ax in axes.flat)
+    figure.legend(*axes.flat[0].get_legend_handles_labels(), loc="upper left", fontsize=8,
+                  bbox_to_anchor=(right + 0.1 / figure.get_figwidth(), axes.flat[0].get_position().y1))
+
+
 def _outer_labels(axes: np.ndarray, used: int) -> None:
-    """Shared axes: tick labels and axis titles on the outer panels only (fewer texts to lay out)."""
+    """Shared axes: tick labels and axis titles on the outer panels only (fewer texts to lay out); a panel
+    with no used panel below it keeps its x axis labelled. The unused panels of the grid are hidden."""
+    columns = axes.shape[1]
     for index, ax in enumerate(axes.flat):
-        if index < used:
-            ax.label_outer(remove_inner_ticks=False)
-        else:
+        if index >= used:
             ax.set_visible(False)
+            continue
+        xlabel = ax.get_xlabel()
+        ax.label_outer(remove_inner_ticks=False)
+        if index + columns >= used:  # the lowest used panel of its column
+            ax.tick_params(labelbottom=True)
+            ax.set_xlabel(xlabel)
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -74,15 +102,11 @@ def _groups(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(row["group"] for row in rows))
 
 
-def _series(rows: list[dict]) -> list[str]:
-    return list(dict.fromkeys(row["series"] for row in rows if not row["reference"]))
-
-
-def curve_figure(rows: list[dict], xname: str, yname: str, title: str, xlabel: str, ylabel: str, area: str | None) -> Figure:
+def curve_figure(rows: list[dict], xname: str, yname: str, title: str, xlabel: str, ylabel: str, area: str | None, experts: list[str]) -> Figure:
     """One panel per group (shared 0-1 axes), one line per candidate, the reference rows dotted; the legend on
     the first panel, each panel's areas under the curves (when `area` names them) written in it."""
-    groups, order = _groups(rows), _series(rows)
-    figure, axes = _grid(len(groups), share=True)
+    groups = _groups(rows)
+    figure, axes = _grid(len(groups), share=True, legend=True)
     areas_ = areas(rows, xname, yname) if area else {}
     lines = _by(rows, "group", "series")
     for index, group in enumerate(groups):
@@ -96,7 +120,7 @@ def curve_figure(rows: list[dict], xname: str, yname: str, title: str, xlabel: s
             if points[0]["reference"]:
                 ax.plot(xs, ys, label=series, **REFERENCE_STYLE)
                 continue
-            ax.plot(xs, ys, label=display_name(series), **candidate_style(series, order))
+            ax.plot(xs, ys, label=display_name(series), **candidate_style(series, experts))
             if area and not np.isnan(areas_[(g, series)]):
                 written.append(f"{display_name(series)} {areas_[(g, series)]:.3f}")
         if written:
@@ -105,18 +129,18 @@ def curve_figure(rows: list[dict], xname: str, yname: str, title: str, xlabel: s
                     bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
         ax.set(title=group, xlabel=xlabel, ylabel=ylabel)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7, loc="center right" if area == "AUC" else "upper right")
+    _legend(figure, axes)
     _outer_labels(axes, len(groups))
     figure.suptitle(title)
     return figure
 
 
-def calibration_figure(task: Task, rows: list[dict]) -> Figure:
+def calibration_figure(task: Task, rows: list[dict], experts: list[str]) -> Figure:
     """Reliability diagram per group (identity dotted); the MoE's markers are sized by the number of test
     records in the bin (classification; regression bins are deciles of the prediction, equal in size)."""
-    groups, order = _groups(rows), _series(rows)
+    groups = _groups(rows)
     regression = task.type == "regression"
-    figure, axes = _grid(len(groups), share=not regression)
+    figure, axes = _grid(len(groups), share=not regression, legend=True)
     lines = _by(rows, "group", "series")
     for index, group in enumerate(groups):
         ax = axes.flat[index]
@@ -128,7 +152,7 @@ def calibration_figure(task: Task, rows: list[dict]) -> Figure:
             if points[0]["reference"]:
                 ax.plot(xs, ys, label="perfect calibration", **REFERENCE_STYLE)
                 continue
-            style = candidate_style(series, order)
+            style = candidate_style(series, experts)
             ax.plot(xs, ys, label=display_name(series), **style)
             if series == "moe" and not regression:
                 counts = np.array([p["count"] for p in points], float)
@@ -136,11 +160,10 @@ def calibration_figure(task: Task, rows: list[dict]) -> Figure:
         ax.set(title=group, xlabel="mean prediction (decile bins)" if regression else "mean predicted probability",
                ylabel="mean actual value" if regression else "fraction of positives")
         ax.grid(alpha=0.3)
-        if index == 0:
-            ax.legend(fontsize=7, loc="upper left")
+    _legend(figure, axes)
     _outer_labels(axes, len(groups))
-    note = "" if regression else "; MoE markers sized by the records in the bin"
-    figure.suptitle(f"{task.name}: calibration (reliability diagram{note})")
+    note = "" if regression else " (MoE markers: records per bin)"
+    figure.suptitle(f"{task.name}: reliability diagram{note}", fontsize=11)
     return figure
 
 
@@ -151,7 +174,7 @@ def confusion_figure(task: Task, rows: list[dict]) -> Figure:
         panels = [(task.name, list(task.classes), rows)]
     else:
         panels = [(label, [f"not {label}", label], [r for r in rows if r["label"] == label]) for label in dict.fromkeys(r["label"] for r in rows)]
-    figure, axes = _grid(len(panels))
+    figure, axes = _grid(len(panels), measured=True)
     for index, (label, names, subset) in enumerate(panels):
         ax = axes.flat[index]
         position = {name: i for i, name in enumerate(names)}
@@ -173,9 +196,12 @@ def confusion_figure(task: Task, rows: list[dict]) -> Figure:
     return figure
 
 
-def predicted_vs_actual_figure(task: Task, rows: list[dict]) -> Figure:
-    """Regression: per candidate, every test record's prediction against its actual value, with the identity."""
-    order = list(dict.fromkeys(row["series"] for row in rows))
+def predicted_vs_actual_figure(task: Task, rows: list[dict], experts: list[str]) -> Figure:
+    """Regression: every test record's prediction against its actual value, with the identity, for the
+    candidates of the table (the best experts, the plain mean and the MoE)."""
+    by_series = _by(rows, "series")
+    mae = {series: float(np.mean([abs(r["predicted"] - r["actual"]) for r in points])) for (series,), points in by_series.items()}
+    order = [series for (series,) in by_series]
     figure, axes = _grid(len(order))
     values = [row["actual"] for row in rows] + [row["predicted"] for row in rows]
     low, high = min(values), max(values)
@@ -183,11 +209,10 @@ def predicted_vs_actual_figure(task: Task, rows: list[dict]) -> Figure:
         ax = axes.flat[index]
         points = [row for row in rows if row["series"] == series]
         actual, predicted = np.array([p["actual"] for p in points]), np.array([p["predicted"] for p in points])
-        style = candidate_style(series, order)
+        style = candidate_style(series, experts)
         ax.scatter(actual, predicted, s=10, alpha=0.6, color=style["color"])
         ax.plot([low, high], [low, high], label="identity", **REFERENCE_STYLE)
-        mae = float(np.mean(np.abs(predicted - actual)))
-        ax.set(title=f"{display_name(series)} (MAE {mae:.3g})", xlabel="actual", ylabel="predicted", xlim=(low, high), ylim=(low, high))
+        ax.set(title=f"{display_name(series)} (MAE {mae[series]:.3g})", xlabel="actual", ylabel="predicted", xlim=(low, high), ylim=(low, high))
         ax.set_aspect("equal")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(order):]:
@@ -198,32 +223,32 @@ def predicted_vs_actual_figure(task: Task, rows: list[dict]) -> Figure:
 
 def gate_figure(task: Task, rows: list[dict], experts: list[str]) -> Figure:
     """The MoE gate: mean weight per expert among the test records of each true class (left) and the
-    distribution of each expert's weight over the test records (right)."""
+    distribution of each expert's weight over the test records (right: quartiles, median, extremes)."""
     figure = Figure(figsize=(2 * PANEL + 2.2, PANEL + 0.6), layout="constrained")
     left, right = figure.subplots(1, 2)
-    classes = list(dict.fromkeys(row["class"] for row in rows))
-    means = _by(rows, "class", "expert")
+    by_class = [row for row in rows if row["view"] == BY_CLASS]
+    classes = list(dict.fromkeys(row["class"] for row in by_class))
+    means = {(row["class"], row["expert"]): row["weight"] for row in by_class}
     height = 0.8 / max(len(experts), 1)
     for e, expert in enumerate(experts):
-        values = [np.mean([r["weight"] for r in means.get((c, expert), [])] or [np.nan]) for c in classes]
         positions = np.arange(len(classes)) + (e - (len(experts) - 1) / 2) * height
-        left.barh(positions, values, height=height, label=expert, color=EXPERT_COLOURS[e % len(EXPERT_COLOURS)])
+        left.barh(positions, [means.get((c, expert), np.nan) for c in classes], height=height, label=expert, color=EXPERT_COLOURS[e % len(EXPERT_COLOURS)])
     left.set_yticks(range(len(classes)), classes)
     left.invert_yaxis()
     left.axvline(1 / max(len(experts), 1), **REFERENCE_STYLE, label="equal weights")
-    left.set(title="mean weight by true class", xlabel="gate weight", xlim=(0, 1))
-    left.legend(fontsize=7, loc="best")
-    per_record = {}
-    for row in rows:
-        per_record[(row["record_id"], row["expert"])] = row["weight"]
-    distributions = [[w for (record, expert), w in per_record.items() if expert == name] for name in experts]
-    parts = right.boxplot(distributions, orientation="horizontal", tick_labels=experts, patch_artist=True)
+    left.set(title="mean weight by true class", xlabel="gate weight", xlim=(0, 1.02))
+    spread = {row["expert"]: row for row in rows if row["view"] == OVER_RECORDS}
+    stats = [{"med": spread[e]["weight"], "q1": spread[e]["q1"], "q3": spread[e]["q3"], "whislo": spread[e]["low"], "whishi": spread[e]["high"],
+              "fliers": [], "label": e} for e in experts if e in spread]
+    parts = right.bxp(stats, orientation="horizontal", patch_artist=True)
     for e, box in enumerate(parts["boxes"]):
         box.set_facecolor(EXPERT_COLOURS[e % len(EXPERT_COLOURS)])
         box.set_alpha(0.6)
     right.invert_yaxis()
     right.axvline(1 / max(len(experts), 1), **REFERENCE_STYLE)
-    right.set(title=f"weight over the {len({r for r, _ in per_record})} test records", xlabel="gate weight", xlim=(0, 1))
+    records = next(iter(spread.values()))["records"] if spread else 0
+    right.set(title=f"weight over the {records} test records", xlabel="gate weight (quartiles, median, extremes)", xlim=(-0.02, 1.02))
+    figure.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncols=min(len(experts) + 1, 6), fontsize=8)
     figure.suptitle(f"{task.name}: MoE gate weights")
     return figure
 
@@ -245,14 +270,14 @@ def training_figure(task: Task, histories: dict[str, dict[str, dict[str, list[fl
                 ax.plot(range(len(validation)), validation, color="tab:orange", alpha=shade, linewidth=1.1, label="held-out" if c == 0 else None)
                 best = int(np.nanargmin(validation))
                 ax.plot([best], [validation[best]], "o", color="tab:orange", markersize=3.5)
-        what = "gate variants" if owner == "gate" else "fold heads"
+        what = ("gate variant" if owner == "gate" else "fold head") + ("s" if len(curves) > 1 else "")
         ax.set(title=f"{owner} ({len(curves)} {what})", xlabel="epoch", ylabel="loss")
         ax.grid(alpha=0.3)
         if index == 0:
             ax.legend(fontsize=7, loc="upper right")
     for ax in list(axes.flat)[len(owners):]:
         ax.set_visible(False)
-    figure.suptitle(f"{task.name}: training curves (held-out loss from epoch 0, before training; dot: best epoch)")
+    figure.suptitle(f"{task.name}: training curves (held-out loss from epoch 0; dot: best epoch)", fontsize=11)
     return figure
 
 
@@ -261,16 +286,17 @@ def write_figures(directory: Path, task: Task, tables: dict[str, list[dict]], ex
     directory = Path(directory)
     written = []
     if tables["roc"]:
-        written.append(_save(curve_figure(tables["roc"], "fpr", "tpr", f"{task.name}: ROC (test records)", "false positive rate", "true positive rate", "AUC"), directory / "roc.png"))
+        written.append(_save(curve_figure(tables["roc"], "fpr", "tpr", f"{task.name}: ROC (test records)", "false positive rate", "true positive rate", "AUC", experts),
+                             directory / "roc.png"))
     if tables["precision_recall"]:
-        written.append(_save(curve_figure(tables["precision_recall"], "recall", "precision", f"{task.name}: precision-recall (test records)", "recall", "precision", "area"),
-                             directory / "precision_recall.png"))
+        written.append(_save(curve_figure(tables["precision_recall"], "recall", "precision", f"{task.name}: precision-recall (test records)", "recall", "precision", "area",
+                                          experts), directory / "precision_recall.png"))
     if tables["calibration"]:
-        written.append(_save(calibration_figure(task, tables["calibration"]), directory / "calibration.png"))
+        written.append(_save(calibration_figure(task, tables["calibration"], experts), directory / "calibration.png"))
     if tables["confusion"]:
         written.append(_save(confusion_figure(task, tables["confusion"]), directory / "confusion.png"))
     if tables["predicted_vs_actual"]:
-        written.append(_save(predicted_vs_actual_figure(task, tables["predicted_vs_actual"]), directory / "predicted_vs_actual.png"))
+        written.append(_save(predicted_vs_actual_figure(task, tables["predicted_vs_actual"], experts), directory / "predicted_vs_actual.png"))
     if tables["gate"]:
         written.append(_save(gate_figure(task, tables["gate"], experts), directory / "gate.png"))
     if histories:

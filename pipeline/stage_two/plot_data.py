@@ -8,8 +8,12 @@ metrics table). Their "groups" (one panel each):
 - multilabel: the macro average (ROC: mean TPR on a common FPR grid; precision-recall: mean interpolated
   precision on a common recall grid) and the TOP_LABELS most frequent labels;
 - regression: one group, the task; it has no ROC or precision-recall curve, but a binned calibration curve
-  (mean actual value per decile of the prediction) and predicted vs actual per record.
+  (mean actual value per decile of the prediction) and predicted vs actual per record (SCATTER_EXPERTS best
+  experts, the mean and the MoE).
+Beside the curves: the MoE's confusion matrix (per record: actual and predicted class names) and the gate's
+weights (summaries: mean by true class, distribution over the test records).
 
+Within a table every row has the same keys: DVC reads a table whose rows differ in keys as no data.
 Every curve's rows carry `point` (its order along the curve, so a vertical ROC step is drawn as one) and
 reference rows (`reference: true`: the chance diagonal of a ROC, the prevalence of a precision-recall panel,
 the identity of a calibration diagram), so that any renderer draws them without knowing the kind.
@@ -30,6 +34,7 @@ CALIBRATION_BINS = 10
 MAX_CURVE_POINTS = 200  # a curve with more vertices is thinned evenly (its ends kept)
 GRID = np.linspace(0.0, 1.0, 101)  # the common grid of macro-averaged curves
 MACRO = "macro"
+SCATTER_EXPERTS = 2  # regression: the experts (of lowest MAE) drawn beside the mean and the MoE in predicted vs actual
 
 
 def curve_candidates(candidates: dict) -> list[str]:
@@ -171,7 +176,7 @@ def calibration_rows(task: Task, truth: np.ndarray, candidates: dict[str, np.nda
             x, y, count = _binned_regression(actual, predicted, bins)
             rows += [{**row, "count": int(c)} for row, c in zip(_rows(task.name, name, "predicted", "observed", x, y), count)]
             low, high = min(low, float(x.min())), max(high, float(x.max()))
-        return rows + _rows(task.name, "identity", "predicted", "observed", [low, high], [low, high], reference=True)
+        return rows + [{**r, "count": 0} for r in _rows(task.name, "identity", "predicted", "observed", [low, high], [low, high], reference=True)]
     matrix, _ = label_matrix(task, truth)
     for group, k in curve_groups(task, truth):
         columns = _usable_columns(matrix) if k is None else [k]
@@ -180,7 +185,7 @@ def calibration_rows(task: Task, truth: np.ndarray, candidates: dict[str, np.nda
             score = score_matrix(candidates[name], len(matrix))[:, columns].reshape(-1)
             x, y, count = _binned_probability(positive, score, bins)
             rows += [{**row, "count": int(c)} for row, c in zip(_rows(group, name, "predicted", "observed", x, y), count)]
-        rows += _rows(group, "identity", "predicted", "observed", [0.0, 1.0], [0.0, 1.0], reference=True)
+        rows += [{**r, "count": 0} for r in _rows(group, "identity", "predicted", "observed", [0.0, 1.0], [0.0, 1.0], reference=True)]
     return rows
 
 
@@ -213,17 +218,30 @@ def class_groups(task: Task, truth: np.ndarray) -> dict[str, np.ndarray]:
     return {name: truth[:, k] >= 0.5 for k, name in enumerate(task.classes)}
 
 
-def gate_rows(task: Task, truth: np.ndarray, weights: np.ndarray, experts: list[str], record_ids) -> list[dict]:
-    """One row per test record, class group and expert: the MoE gate's (mean over folds) weight. A multilabel
-    record is in the group of each of its labels; groups of the most frequent labels only (TOP_LABELS)."""
+BY_CLASS, OVER_RECORDS = "mean by true class", "over the test records"  # the gate table's two views
+
+
+def gate_rows(task: Task, truth: np.ndarray, weights: np.ndarray, experts: list[str]) -> list[dict]:
+    """The MoE gate's weights [n_test, E] (mean over the fold models), in two views (`view`):
+    - BY_CLASS: per true class group (class_groups; multilabel: the TOP_LABELS most frequent labels, a record
+      counting in each of its labels) and expert, the mean `weight` and the group's `records`;
+    - OVER_RECORDS: per expert, the distribution over every test record: median (`weight`), quartiles (`q1`,
+      `q3`) and extremes (`low`, `high`).
+    Summaries rather than a row per record and expert, so that the table stays small on a large test set.
+    Every row has every key (DVC reads a table whose rows differ in keys as no data): a BY_CLASS row's
+    quartiles and extremes are its mean."""
     groups = {name: mask for name, mask in class_groups(task, truth).items() if mask.any()}
     if task.type == "multilabel":
         groups = dict(sorted(groups.items(), key=lambda item: -item[1].sum())[:TOP_LABELS])
+    def row(view: str, group: str, expert: str, records: int, *quantiles: float) -> dict:
+        low, q1, median, q3, high = (round(float(q), 5) for q in quantiles)
+        return {"view": view, "class": group, "expert": expert, "weight": median, "q1": q1, "q3": q3, "low": low, "high": high, "records": records}
+
     rows = []
     for group, mask in groups.items():
-        for r in np.flatnonzero(mask):
-            rows += [{"record_id": str(record_ids[r]), "class": group, "expert": expert, "weight": round(float(weights[r, e]), 5)}
-                     for e, expert in enumerate(experts)]
+        rows += [row(BY_CLASS, group, expert, int(mask.sum()), *[weights[mask, e].mean()] * 5) for e, expert in enumerate(experts)]
+    rows += [row(OVER_RECORDS, "all test records", expert, len(weights), *np.quantile(weights[:, e], [0, 0.25, 0.5, 0.75, 1]))
+             for e, expert in enumerate(experts)]
     return rows
 
 
@@ -246,12 +264,17 @@ def confusion_rows(task: Task, truth: np.ndarray, prediction: np.ndarray, record
 
 
 def predicted_vs_actual_rows(task: Task, truth: np.ndarray, candidates: dict[str, np.ndarray], record_ids) -> list[dict]:
-    """Regression: one row per test record and curve candidate (`actual`, `predicted`); other types: none."""
+    """Regression: one row per test record (`actual`, `predicted`) for each of the SCATTER_EXPERTS experts of
+    lowest MAE, the plain mean and the MoE (every expert's MAE is in metrics/TASK.json); other types: none."""
     if task.type != "regression":
         return []
     actual = np.asarray(truth, dtype=float).reshape(-1)
+    predicted = {name: np.asarray(candidates[name], dtype=float).reshape(-1) for name in curve_candidates(candidates)}
+    mae = {name: float(np.mean(np.abs(p - actual))) for name, p in predicted.items()}
+    experts = sorted((name for name in predicted if name.startswith("expert:")), key=mae.__getitem__)[:SCATTER_EXPERTS]
+    shown = [name for name in predicted if name in experts or not name.startswith("expert:")]
     return [{"record_id": str(i), "series": name, "actual": round(float(a), 5), "predicted": round(float(p), 5)}
-            for name in curve_candidates(candidates) for i, a, p in zip(record_ids, actual, np.asarray(candidates[name], dtype=float).reshape(-1))]
+            for name in shown for i, a, p in zip(record_ids, actual, predicted[name])]
 
 
 def training_histories(task: str, experts: list[str]) -> dict[str, dict[str, dict[str, list[float]]]]:
@@ -281,7 +304,8 @@ def training_rows(histories: dict[str, dict[str, list[float]]]) -> list[dict]:
 
 
 def plot_tables(task: Task, truth: np.ndarray, candidates: dict[str, np.ndarray], weights: np.ndarray, experts: list[str], record_ids) -> dict[str, list[dict]]:
-    """Every evaluation table by kind (the `plot_data/KIND/` folders); a kind that does not apply is empty."""
+    """Every evaluation table by kind (the `plot_data/KIND/` folders); a kind that does not apply is empty.
+    Within a table every row has the same keys, as DVC's plots need."""
     classification = task.type != "regression"
     return {
         "roc": roc_rows(task, truth, candidates) if classification else [],
@@ -289,5 +313,5 @@ def plot_tables(task: Task, truth: np.ndarray, candidates: dict[str, np.ndarray]
         "calibration": calibration_rows(task, truth, candidates),
         "confusion": confusion_rows(task, truth, candidates["moe"], record_ids),
         "predicted_vs_actual": predicted_vs_actual_rows(task, truth, candidates, record_ids),
-        "gate": gate_rows(task, truth, weights, experts, record_ids),
+        "gate": gate_rows(task, truth, weights, experts),
     }

@@ -3,10 +3,12 @@
 The heads and gates record their curves while they train (histories {"train": [...], "validation": [...]},
 validation[0] being the held-out loss before the first epoch); a stage hands them here once fitting is done:
 - `live.log_plot` writes every fold's (or gate variant's) train and held-out loss per epoch as one table,
-  DIR/plots/custom/NAME.json, drawn by dvc.yaml with the `enecg_training` template (a panel per fold, a line per
-  split);
-- the summary, DIR/metrics.json (DVC metrics): per fold, its epochs, best held-out loss and the epoch of it,
-  and its last training loss.
+  DIR/plots/custom/NAME.json, drawn by dvc.yaml with the `enecg_training` template (a panel per fold or
+  variant, a line per split);
+- the summary, DIR/metrics.json (DVC metrics), kept to a few columns so `dvc exp show` stays readable: for an
+  expert's heads, the mean over its folds of the epochs trained and of the best held-out loss, and the worst
+  fold's best held-out loss; for the gates, under gates.TASK.VARIANT, each variant's epochs and best held-out
+  loss. Every fold's own numbers are in the curves (and heads/TASK/BACKBONE/meta.json).
 
 DVCLive writes no dvc.yaml (dvc.yaml declares these files), saves no experiment of its own and makes no
 report: `dvc exp run` / `dvc repro` already do that work.
@@ -27,30 +29,44 @@ def heads_log_dir(task: str, backbone: str) -> Path:
     return HEADS_LOG / task / backbone
 
 
-def summary(history: dict[str, list[float]]) -> dict[str, float | int]:
+def best_loss(history: dict[str, list[float]]) -> float:
+    """The lowest held-out loss of a curve, the starting point included (NaN where none was recorded)."""
     validation = [v for v in history.get("validation", []) if math.isfinite(v)]
-    train = history.get("train", [])
-    out: dict[str, float | int] = {"epochs": len(train)}
-    if validation:
-        best = min(range(len(validation)), key=validation.__getitem__)
-        out |= {"best_validation_loss": validation[best], "best_epoch": best}
-    if train:
-        out["last_train_loss"] = train[-1]
-    return out
+    return min(validation) if validation else float("nan")
 
 
-def log_training(directory: Path, name: str, histories: dict[str, dict[str, list[float]]], title: str, keep_others: bool = False) -> Path:
-    """Log the curves `histories` (curve name -> history) as DVCLive custom plot NAME in `directory`, and their
-    summaries under NAME (or at the top, for NAME "training") in its metrics.json. `keep_others`: keep what
-    other runs logged in that directory (the gates of other tasks), rather than starting it afresh."""
-    from dvclive import Live  # imported here: it pulls in DVC's repo machinery, which other commands need not pay for
+def heads_summary(histories: dict[str, dict[str, list[float]]]) -> dict[str, float | int]:
+    best = [best_loss(h) for h in histories.values()]
+    finite = [b for b in best if math.isfinite(b)] or [float("nan")]
+    return {"folds": len(histories), "epochs": sum(len(h.get("train", [])) for h in histories.values()) / max(len(histories), 1),
+            "best_validation_loss": sum(finite) / len(finite), "worst_fold_best_validation_loss": max(finite)}
 
-    with Live(dir=str(directory), resume=keep_others, save_dvc_exp=False, dvcyaml=None, report=None) as live:
-        live.step = None  # no step: these curves were logged after the fact, so metrics.json gets no "step" key
-        live.log_plot(name, training_rows(histories), x="epoch", y="loss", template="enecg_training", title=title)
-        summaries = {curve: summary(history) for curve, history in histories.items()}
-        if name == "training":
-            live.summary.update(summaries)
-        else:
-            live.summary[name] = summaries
-    return directory / "plots" / "custom" / f"{name}.json"
+
+def gates_summary(histories: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float | int]]:
+    return {variant: {"epochs": len(h.get("train", [])), "best_validation_loss": best_loss(h)} for variant, h in histories.items()}
+
+
+def _log(directory: Path, name: str, histories: dict, title: str, keep_others: bool):
+    # imported here: DVCLive pulls in DVC's repo machinery, which commands that log nothing need not pay for
+    from dvclive import Live
+
+    live = Live(dir=str(directory), resume=keep_others, save_dvc_exp=False, dvcyaml=None, report=None)
+    live.step = None  # no step: these curves were logged after the fact, so metrics.json gets no "step" key
+    live.log_plot(name, training_rows(histories), x="epoch", y="loss", template="enecg_training", title=title)
+    return live
+
+
+def log_heads(task: str, backbone: str, histories: dict[str, dict[str, list[float]]]) -> Path:
+    """One expert's fold heads (curve name "foldI" -> history) -> dvclive/heads/TASK/BACKBONE/."""
+    directory = heads_log_dir(task, backbone)
+    with _log(directory, "training", histories, f"{task} / {backbone} heads, loss per epoch", keep_others=False) as live:
+        live.summary.update(heads_summary(histories))
+    return directory / "plots" / "custom" / "training.json"
+
+
+def log_gates(task: str, histories: dict[str, dict[str, list[float]]]) -> Path:
+    """A task's gate variants (variant -> history) -> dvclive/gates/, beside the other tasks' (fit-gate's
+    tasks run one after the other into the one folder that dvc.yaml declares)."""
+    with _log(GATES_LOG, task, histories, f"{task}: MoE gate, loss per epoch", keep_others=True) as live:
+        live.summary.setdefault("gates", {})[task] = gates_summary(histories)
+    return GATES_LOG / "plots" / "custom" / f"{task}.json"
