@@ -11,6 +11,8 @@ for regression, logits otherwise), fitted in closed form on the fold's training 
   linear map, so it initialises the head's output layer exactly.
 
 A label that has one value only in the training rows gets a constant logit at its smoothed training rate.
+The fit runs on one BLAS thread: a different thread count rounds the eigendecomposition differently, and a
+rerun (DVC, another machine, a subprocess) must give the same probe bit for bit.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import warnings
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression, RidgeCV
+from threadpoolctl import threadpool_limits
 
 from pipeline.tasks import Task
 
@@ -44,7 +47,11 @@ def fit_probe(task: Task, z: np.ndarray, target: np.ndarray) -> tuple[np.ndarray
     `target` is what the head trains on: the standardised value (regression), 0/1 (binary, [N] or [N, 1]),
     class indices (multiclass), or a 0/1 indicator matrix (multilabel).
     """
-    z = np.asarray(z, dtype=np.float64)
+    with threadpool_limits(limits=1):
+        return _fit_probe(task, np.asarray(z, dtype=np.float64), target)
+
+
+def _fit_probe(task: Task, z: np.ndarray, target) -> tuple[np.ndarray, np.ndarray]:
     if task.type == "regression":
         coef, intercept, _ = _ridge(z, np.asarray(target, dtype=np.float64).reshape(len(z), 1), per_target=True)
         return coef, intercept
