@@ -86,6 +86,7 @@ def dvc_project(tmp_path_factory, user_data):
     edit_params(folder, tiny)
     run(folder, "git", "init", "-q")
     run(folder, str(BIN / "dvc"), "init", "-q")
+    commit(folder, "project")  # as a clone has: DVCLive needs a repository with a commit
     return folder
 
 
