@@ -7,7 +7,7 @@ from sklearn.linear_model import RidgeCV
 from sklearn.metrics import roc_auc_score
 
 from pipeline.stage_two.gate import Gate, expert_features, fit_gate, gate_weights
-from pipeline.stage_two.heads import fit_head, predict
+from pipeline.stage_two.heads import cached_forward, fit_head, frozen_parts, predict
 from pipeline.stage_two.moe import gate_variants, moe_predict
 from pipeline.stage_two.probe import ALPHAS, fit_probe
 from pipeline.seeding import seeded
@@ -77,6 +77,25 @@ def test_head_starts_at_its_probe_and_ends_no_worse_on_held_out_subjects(kind):
     assert len(validation) == len(fitted.history["train"]) + 1  # the start is scored, then every epoch
     assert min(validation) <= validation[0]
     np.testing.assert_allclose(predict(task, fitted.probe, x), predict(task, untrained.probe, x), atol=1e-6)
+
+
+@pytest.mark.parametrize("layers", [[0, 2, 4], [2, 4]])
+def test_training_forward_from_the_frozen_parts_equals_the_model(layers):
+    """Training's cached forward is the peft model's own forward, with trained (non-zero) adapters and with dropout."""
+    task = TASKS["multilabel"]
+    x, y, subjects = synthetic("multilabel")
+    settings = {**HEADS, "epochs": 3, "lora": {**HEADS["lora"], "dropout": 0.2, "target_layers": layers}}
+    model = fit_head(task, x, y, subjects, settings, seed=0).model
+    assert all(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    inputs = torch.from_numpy(x)
+    with torch.no_grad():
+        for mode in (model.eval, model.train):
+            mode()
+            with seeded(3):
+                expected = model(inputs)
+            with seeded(3):
+                actual = cached_forward(model, *frozen_parts(model, inputs))
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_head_can_learn_what_the_probe_cannot():
