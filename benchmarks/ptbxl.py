@@ -22,6 +22,14 @@ Every stage runs with OMP_NUM_THREADS=1 (--threads): on this 2-core machine shar
 default 2 intra-op threads made the small head/gate/DLinear matmuls ~15x slower (threads waiting for a
 core), e.g. fit-heads superclass/dlinear for 3 epochs 144 s with 2 threads, 9.7 s with 1.
 
+With --post-train it first runs the ECGFounder post-training study's ablation on superclass (`enecg post-train`,
+Net1D at params.yaml's `cpu` size from random initialisation, fold 9 as the gate hold-out): plain fine-tuning,
++ stochastic depth, + preview linear probing, both, and both on lead I only; each run in its own folder
+WORK/post_train/RUN/ (its params.yaml, a link to the corpus), reported with macro AUROC and AUPRC, paired
+differences against plain fine-tuning and 12-lead vs lead I, and wall times. One run's time at that size is
+measured and projected in benchmarks/post_train_time.md (12 leads: 16 min on this shared 2-core machine, 10.5 min on
+an idle core; 15 epochs at most, early stopping can end it sooner), so the five runs take about 1-2 hours here.
+
 A rerun skips the stages whose time is already recorded in WORK/times.json and whose output exists (so a
 killed run resumes); --fresh deletes the stages' outputs and reruns everything.
 """
@@ -29,6 +37,7 @@ killed run resumes); --fresh deletes the stages' outputs and reruns everything.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -38,6 +47,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +71,16 @@ TASKS = ["superclass", "rhythm", "scp_all", "age", "subclass", "sex", "form", "d
 # "diag" diagnostic, "subdiag" subclass, "superdiag" superclass.
 PUBLISHED = {"scp_all": 0.925, "diagnostic": 0.937, "subclass": 0.929, "superclass": 0.928, "form": 0.896, "rhythm": 0.957}
 NICE = ["nice", "-n", "10"]
-OUTPUTS = ["corpus.zarr", "checkpoints", "embeddings", "heads", "gates", "metrics", "times.json"]
+OUTPUTS = ["corpus.zarr", "checkpoints", "embeddings", "heads", "gates", "metrics", "times.json", "post_train"]
+# --post-train: the ablation of the ECGFounder post-training study, run -> (model, stochastic depth, preview probe)
+POST_TRAIN_TASK = "superclass"
+POST_TRAIN_RUNS = {
+    "plain": ("ecgfounder", 0.0, False),
+    "stochastic depth": ("ecgfounder", 0.1, False),
+    "preview probe": ("ecgfounder", 0.0, True),
+    "both": ("ecgfounder", 0.1, True),
+    "both, lead I": ("ecgfounder-1lead", 0.1, True),
+}
 
 
 def unpack(work: Path) -> float:
@@ -112,8 +131,8 @@ def write_params(work: Path, manifest: Path, tasks: dict, bootstrap: int) -> lis
     return names
 
 
-def run_stage(work: Path, times: dict, key: str, args: list[str], output: str) -> None:
-    """`enecg ARGS` in the work folder, niced, with its output streamed to the console and logs/KEY.log."""
+def run_stage(work: Path, times: dict, key: str, args: list[str], output: str, cwd: Path | None = None) -> None:
+    """`enecg ARGS` in the work folder (or `cwd`), niced, with its output streamed to the console and logs/KEY.log."""
     if key in times and (work / output).exists():
         print(f"== {key}: done before ({times[key]:.0f} s), skipped")
         return
@@ -122,7 +141,7 @@ def run_stage(work: Path, times: dict, key: str, args: list[str], output: str) -
     print(f"== {key}: enecg {' '.join(args)}", flush=True)
     start = time.perf_counter()
     with open(work / "logs" / f"{key}.log", "w") as log:
-        process = subprocess.Popen([*NICE, "enecg", *args], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen([*NICE, "enecg", *args], cwd=cwd or work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in process.stdout:
             log.write(line)
             if "━" not in line or any(corner in line for corner in "┏┡"):  # progress bars go to the log only
@@ -132,6 +151,34 @@ def run_stage(work: Path, times: dict, key: str, args: list[str], output: str) -
     times[key] = time.perf_counter() - start
     (work / "times.json").write_text(json.dumps(times, indent=1))
     print(f"== {key}: {times[key]:.0f} s", flush=True)
+
+
+def post_train_folder(work: Path, run: str) -> Path:
+    return work / "post_train" / run.replace(", ", "-").replace(" ", "-")
+
+
+def post_train_output(work: Path, run: str) -> Path:
+    model = POST_TRAIN_RUNS[run][0]
+    return post_train_folder(work, run) / "heads" / POST_TRAIN_TASK / f"{model}-post"
+
+
+def run_post_train_ablation(work: Path, times: dict) -> None:
+    """Each run of POST_TRAIN_RUNS in WORK/post_train/RUN/: the benchmark's params with fold 9 as the gate hold-out
+    and the run's switches, the corpus linked, then `enecg post-train` there (timed, resumable like any stage)."""
+    run_stage(work, times, "prepare", ["prepare"], "corpus.zarr")
+    base = yaml.safe_load((work / "params.yaml").read_text())
+    for run, (model, stochastic_depth, preview_probe) in POST_TRAIN_RUNS.items():
+        folder = post_train_folder(work, run)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "corpus.zarr").is_symlink():
+            (folder / "corpus.zarr").symlink_to(work / "corpus.zarr", target_is_directory=True)
+        params = copy.deepcopy(base)
+        params["split"]["gate_folds"] = [9]
+        params.update(tasks=[POST_TRAIN_TASK], post_trained=[model])
+        params["post_train"].update(init="random", size="cpu", stochastic_depth=stochastic_depth, preview_probe=preview_probe)
+        (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        output = str(post_train_output(work, run).relative_to(work))
+        run_stage(work, times, f"post-train {run}", ["post-train", "--task", POST_TRAIN_TASK, "--model", model], output, cwd=folder)
 
 
 def run_pipeline(work: Path, tasks: list[str], times: dict, stage_one_only: bool = False) -> None:
@@ -275,14 +322,78 @@ def per_label_table(work: Path, task: str, report: dict) -> list[str]:
     return lines
 
 
-def write_json_summary(reports: dict[str, dict]) -> Path:
-    """benchmarks/ptbxl.json: per task, every candidate's metrics, the paired differences and the bootstrap block."""
+def post_train_report(work: Path, times: dict, bootstrap: int) -> dict | None:
+    """The finished ablation runs' experts on the test fold: macro AUROC/AUPRC with subject-bootstrap intervals,
+    before and after fine-tuning, paired differences against plain fine-tuning and 12-lead vs lead I; None if none ran."""
+    from pipeline.params import load_params
+    from pipeline.stage_two.dataset import load_task_data
+    from pipeline.stage_two.metrics import evaluate_candidates
+
+    done = [run for run in POST_TRAIN_RUNS if (post_train_output(work, run) / "predictions.npz").exists()]
+    if not done:
+        return None
+    here = Path.cwd()
+    os.chdir(post_train_folder(work, done[0]))  # the runs share the split: any one's folder gives the test rows
+    try:
+        data = load_task_data(load_params(), POST_TRAIN_TASK)
+    finally:
+        os.chdir(here)
+    candidates, runs = {}, {}
+    for run in done:
+        saved = np.load(post_train_output(work, run) / "predictions.npz")
+        meta = json.loads((post_train_output(work, run) / "meta.json").read_text())
+        candidates[run], candidates[f"{run}: before fine-tuning"] = saved["test_folds"][0], saved["probe_test_folds"][0]
+        runs[run] = {"model": POST_TRAIN_RUNS[run][0], "stochastic_depth": POST_TRAIN_RUNS[run][1], "preview_probe": POST_TRAIN_RUNS[run][2],
+                     "epochs": len(meta["histories"][0]["train"]), "step_s": meta["timings"]["step_s"], "wall_s": times.get(f"post-train {run}"),
+                     "shape": meta["shape"], "rate": meta["spec"]["sampling_rate"]}
+    pairs = {f"{run} - plain": (run, "plain") for run in done if run != "plain" and "plain" in done and runs[run]["model"] == "ecgfounder"}
+    if {"both", "both, lead I"} <= set(done):
+        pairs["12 leads - lead I"] = ("both", "both, lead I")
+    report = evaluate_candidates(data.task, data.target[data.test], candidates, data.subjects[data.test], bootstrap, 0.95, 0, pairs)
+    return {**report, "runs": runs, "n_train": len(data.train), "n_gate": len(data.gate), "n_test": len(data.test)}
+
+
+def post_train_section(report: dict) -> list[str]:
+    runs = report["runs"]
+    header = ["run", "leads", "stochastic depth", "preview probe", "epochs", "macro AUROC", "macro AUPRC",
+              "AUROC before fine-tuning", "step (s)", "wall time (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run, info in runs.items():
+        models = report["models"]
+        wall = f"{info['wall_s']:.0f}" if info["wall_s"] else "-"
+        lines.append(f"| {run} | {'I' if info['model'].endswith('1lead') else '12'} | {info['stochastic_depth']:g} | "
+                     f"{'yes' if info['preview_probe'] else 'no'} | {info['epochs']} | {_cell(models[run]['auroc'], 3)} | "
+                     f"{_cell(models[run]['auprc'], 3)} | {_cell(models[f'{run}: before fine-tuning']['auroc'], 3)} | "
+                     f"{info['step_s']:.3f} | {wall} |")
+    paired = ["| paired difference | macro AUROC | macro AUPRC |", "|---|---|---|"]
+    paired += [f"| {pair} | {_cell(d['auroc'], 3, signed=True)} | {_cell(d['auprc'], 3, signed=True)} |" for pair, d in report["paired"].items()]
+    shape = next(iter(runs.values()))["shape"]
+    return [
+        f"## Post-training ablation ({POST_TRAIN_TASK}, `--post-train`)",
+        "",
+        f"`enecg post-train`: Net1D at params.yaml's `cpu` size (filters {shape['filters']}, blocks {shape['blocks']}, "
+        f"{next(iter(runs.values()))['rate']:g} Hz), from random initialisation, trained on folds 1-8 ({report['n_train']} "
+        f"records; its early-stopping subjects among them), fold 9 ({report['n_gate']}) held out for the gate, tested on "
+        f"fold 10 ({report['n_test']}), 95% subject-bootstrap intervals. `before fine-tuning`: the network as it started "
+        "(after the preview probe, or with its random classifier).",
+        "",
+        *lines,
+        "",
+        *paired,
+    ]
+
+
+def write_json_summary(reports: dict[str, dict], post_train: dict | None = None) -> Path:
+    """benchmarks/ptbxl.json: per task, every candidate's metrics, the paired differences and the bootstrap block
+    (and the post-training ablation's, when it ran)."""
     summary = {"tasks": {
         task: {"models": report["models"], "paired": report["paired"], "best_expert": report["best_expert"],
                "labels_used": report["bootstrap"]["labels_used"], "resamples_used": report["bootstrap"]["resamples_used"],
                "bootstrap": report["bootstrap"], "gate_weights": report["gate_weights"]}
         for task, report in reports.items()
     }}
+    if post_train:
+        summary["post_train"] = post_train
     out = REPO / "benchmarks" / "ptbxl.json"
     out.write_text(json.dumps(summary, indent=1, sort_keys=True, default=float) + "\n")
     return out
@@ -410,10 +521,13 @@ def write_report(work: Path, tasks: list[str], times: dict, manifest_s: float, u
         "",
         f"Load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}.",
     ]
+    post_train = post_train_report(work, times, bootstrap)
+    if post_train:
+        text += ["", *post_train_section(post_train)]
     text += ["", "## Quality control", "", *qc_summary(work)]
     out = REPO / "benchmarks" / "ptbxl.md"
     out.write_text("\n".join(text) + "\n")
-    write_json_summary(reports)
+    write_json_summary(reports, post_train)
     return out
 
 
@@ -426,6 +540,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="run nothing; write the report of the tasks that finished")
     parser.add_argument("--fresh", action="store_true", help="delete the stages' outputs and rerun every stage")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every stage (see above)")
+    parser.add_argument("--post-train", action="store_true", help="first run the post-training ablation (see above)")
     args = parser.parse_args()
     BACKBONES[:] = args.backbones.split(",")
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)  # inherited by the stages
@@ -441,6 +556,8 @@ def main() -> None:
     times_path = work / "times.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     if not args.report_only:
+        if args.post_train:
+            run_post_train_ablation(work, times)
         run_pipeline(work, names, times, args.stage_one_only)
     if args.stage_one_only:
         return

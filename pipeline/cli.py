@@ -25,6 +25,7 @@ BACKBONE_NAMES = (
     "hubert-ecg-small", "minirocket", "moment-base", "moment-large", "moment-small", "tempo", "timesnet",
 )
 PRETRAINABLE_NAMES = ("dlinear", "minirocket", "timesnet")
+POST_TRAINABLE_NAMES = ("ecgfounder", "ecgfounder-1lead")  # pipeline.params.POST_TRAINABLE (tests check they agree)
 DEFAULT_TASKS = ("rr_interval", "irregular", "rate_class")
 MODEL_HELP = f"backbone, one of: {', '.join(BACKBONE_NAMES)} (`enecg backbones` shows each)"
 PRETRAIN_MODEL_HELP = f"backbone this project makes from the corpus, one of: {', '.join(PRETRAINABLE_NAMES)}"
@@ -109,6 +110,29 @@ def fit_heads(
         console.print(stage.run(loaded, task, name))
 
 
+@app.command("post-train")
+@user_errors
+def post_train(
+    task: str = typer.Option(..., "--task", "-t", help=TASK_HELP),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m",
+        help=f"network to post-train, one of: {', '.join(POST_TRAINABLE_NAMES)}; default: every one in params.yaml `post_trained`",
+    ),
+    params: Path = PARAMS,
+):
+    """Post-train a network on one task's labels (preview linear probe, then fine-tuning with stochastic depth)
+    -> heads/TASK/MODEL-post/, an expert of the ensemble. Needs a gate hold-out (params.yaml split)."""
+    from pipeline.errors import ManifestError
+    from pipeline.params import POST_TRAINABLE
+    from stages import post_train as stage
+
+    loaded = load_params(params)
+    if model is not None and model not in POST_TRAINABLE:
+        raise ManifestError(f"--model {model!r}: post-training fine-tunes one of {list(POST_TRAINABLE)}")
+    for name in [model] if model else loaded.get("post_trained", []):
+        console.print(stage.run(loaded, task, name))
+
+
 def _tasks(loaded: dict, task: Optional[str]) -> list[str]:
     return [task] if task else list(loaded["tasks"])
 
@@ -139,14 +163,17 @@ def evaluate(task: Optional[str] = typer.Option(None, "--task", "-t", help=TASK_
 @app.command("fit-ensemble")
 @user_errors
 def fit_ensemble(task: str = typer.Option(..., "--task", "-t", help=TASK_HELP), params: Path = PARAMS):
-    """fit-heads for every backbone, then fit-gate, then evaluate, for one task."""
+    """fit-heads for every backbone, post-train for every post-trained network, then fit-gate, then evaluate, for one task."""
     from stages import evaluate
     from stages import fit_gate as gate_stage
     from stages import fit_heads as heads_stage
+    from stages import post_train as post_stage
 
     loaded = load_params(params)
     for name in loaded["backbones"]:
         heads_stage.run(loaded, task, name)
+    for name in loaded.get("post_trained", []):
+        post_stage.run(loaded, task, name)
     gate_stage.run(loaded, task)
     evaluate.run(loaded, task)
     evaluate.write_summary(loaded)

@@ -14,7 +14,22 @@ def embeddings_path(backbone: str) -> Path:
 
 
 def head_dir(task: str, backbone: str) -> Path:
+    """heads/TASK/EXPERT/: an expert's models and predictions (a backbone's heads, or a post-trained network)."""
     return Path("heads") / task / backbone
+
+
+POST_TRAINED_SUFFIX = "-post"
+
+
+def post_trained_expert(model: str) -> str:
+    """The expert name of a network post-trained on the labels (`enecg post-train --model ecgfounder`:
+    "ecgfounder-post"), distinct from the frozen backbone's heads ("ecgfounder")."""
+    return model + POST_TRAINED_SUFFIX
+
+
+def post_trained_model(expert: str) -> str | None:
+    """The network a post-trained expert was made from, or None for a backbone's heads."""
+    return expert.removesuffix(POST_TRAINED_SUFFIX) if expert.endswith(POST_TRAINED_SUFFIX) else None
 
 
 def gate_dir(task: str) -> Path:

@@ -19,6 +19,8 @@ REQUIRED = ("data", "prepare", "backbones", "extract", "tasks", "task_definition
 SPLIT_METHODS = ("subject", "fold", "cv")
 GATE_INPUTS = ("leads", "outputs")
 GATE_ABLATIONS = ("constant", "outputs", "leads", "leads+outputs")
+POST_TRAINABLE = ("ecgfounder", "ecgfounder-1lead")  # networks `enecg post-train` fine-tunes (Net1D)
+POST_TRAIN_INITS = ("random", "checkpoint")
 
 class _Checker:
     """Reads values out of the params mapping by dotted key, raising an error that names file, key and expectation."""
@@ -97,6 +99,61 @@ def _check_training(check: _Checker, section: str) -> None:
     check.number(f"{section}.seed", integer=True)
 
 
+def has_gate_holdout(split: dict) -> bool:
+    """Whether params `split` holds subjects out for the gate (split.gate_folds, or split.gate_fraction > 0)."""
+    return bool(split.get("gate_folds")) if split.get("method") == "fold" else float(split.get("gate_fraction", 0.0)) > 0
+
+
+def expert_names(params: dict) -> list[str]:
+    """The ensemble's experts in order: each backbone's heads, then each post-trained network (`post_trained`)."""
+    from pipeline.layout import post_trained_expert
+
+    return list(params["backbones"]) + [post_trained_expert(model) for model in params.get("post_trained", [])]
+
+
+def _check_post_training(check: _Checker, method: str) -> None:
+    """`post_trained` (experts fine-tuned by `enecg post-train`) and their recipe, `post_train`. A post-trained
+    expert's predictions on its own training rows are in-sample, so it needs a gate hold-out."""
+    models = check.names("post_trained", set(POST_TRAINABLE), nonempty=False, default=[])
+    if models and not has_gate_holdout(check.params["split"]):
+        key = "split.gate_folds" if method == "fold" else "split.gate_fraction"
+        check.fail(key, f"a gate hold-out for the post-trained experts {models} (their predictions on their own "
+                        "training rows are in-sample; e.g. gate_folds: [9] for PTB-XL, gate_fraction: 0.2 otherwise)",
+                   check.params["split"].get(key.split(".")[1]))
+    if not models and "post_train" not in check.params:
+        return
+    init = check.choice("post_train.init", POST_TRAIN_INITS)
+    size = check.text("post_train.size")
+    sizes = check.get("post_train.sizes")
+    if not isinstance(sizes, dict) or size not in sizes:
+        check.fail("post_train.size", f"a name among post_train.sizes ({sorted(sizes) if isinstance(sizes, dict) else 'missing'})", size)
+    for name in sizes:
+        check.number(f"post_train.sizes.{name}.width", 0, 4, open_low=True)
+        check.number(f"post_train.sizes.{name}.depth", 0, 4, open_low=True)
+        # above 80 Hz: ECGFounder's 0.67-40 Hz band-pass needs its upper edge below the Nyquist frequency
+        check.number(f"post_train.sizes.{name}.sampling_rate", 80, check.params["prepare"]["sampling_rate"], open_low=True)
+    if init == "checkpoint" and (sizes[size]["width"], sizes[size]["depth"], sizes[size]["sampling_rate"]) != (1, 1, 500):
+        check.fail(f"post_train.sizes.{size}", "the published size with init: checkpoint (width 1, depth 1, "
+                   "sampling_rate 500: the size and rate the released weights have)", sizes[size])
+    check.number("post_train.stochastic_depth", 0, 0.9)
+    check.boolean("post_train.preview_probe")
+    check.number("post_train.epochs", 0, integer=True)
+    check.number("post_train.warmup_epochs", 0)
+    check.number("post_train.lr", 0, open_low=True)
+    check.number("post_train.batch_size", 1, integer=True)
+    check.number("post_train.weight_decay", 0)
+    check.number("post_train.val_fraction", 0, 0.9)
+    check.number("post_train.patience", 1, integer=True)
+    check.number("post_train.seed", integer=True)
+    _check_device(check, "post_train.device")
+
+
+def _check_device(check: _Checker, key: str) -> None:
+    device = check.text(key, "auto")
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        check.fail(key, "auto, cpu, cuda or cuda:N", device)
+
+
 def validate(params: dict, source: Path = Path("params.yaml")) -> dict:
     """Check every field the stages use; returns `params` unchanged (errors name the file and the key)."""
     from pipeline.ecg import LEADS_12
@@ -124,9 +181,7 @@ def validate(params: dict, source: Path = Path("params.yaml")) -> dict:
     backbones = check.names("backbones", {config.name for config in list_backbones()})
     check.number("extract.batch_size", 1, integer=True)
     check.number("extract.chunk_records", 1, integer=True)
-    device = check.text("extract.device", "auto")
-    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
-        check.fail("extract.device", "auto, cpu, cuda or cuda:N", device)
+    _check_device(check, "extract.device")
 
     definitions = check.get("task_definitions")
     if not isinstance(definitions, dict):
@@ -148,7 +203,13 @@ def validate(params: dict, source: Path = Path("params.yaml")) -> dict:
         train, test = check.integers("split.train_folds"), check.integers("split.test_folds")
         if set(train) & set(test):
             check.fail("split.test_folds", "folds that are not also train_folds", sorted(set(train) & set(test)))
+        gate_folds = check.integers("split.gate_folds") if params["split"].get("gate_folds") not in (None, []) else []  # [] / absent: none
+        if set(gate_folds) & (set(train) | set(test)):
+            check.fail("split.gate_folds", "folds that are neither train_folds nor test_folds", sorted(set(gate_folds) & (set(train) | set(test))))
+    if method != "fold":
+        check.number("split.gate_fraction", 0, 0.9, default=0.0)
     check.number("split.seed", integer=True)
+    _check_post_training(check, method)
 
     _check_training(check, "heads")
     check.boolean("heads.probe", True)

@@ -7,16 +7,22 @@ gives the ensemble's prediction, the gate's weight of each expert and each exper
 of its fold heads, as `evaluate` scores `expert:B`), and flags a record that is unlike what the ensemble was
 trained on (`Quality`, `embedding_distance`): the ensemble still predicts, but the flag says not to trust it.
 
-Heads are read without peft: each fold head's base weights and LoRA matrices are read with safetensors and
-its FFN computes W x + alpha/r B A x, what peft computes in eval mode; the k fold heads of an expert run as one
-batched product. Importing peft (and transformers under it) was most of `enecg predict`'s start-up;
-`load_head` (peft) is used only for an adapter this reader does not know.
+Heads are read without peft (`load_expert`): each fold head's base weights and LoRA matrices are read with
+safetensors and each adapted Linear layer's LoRA update is merged into its weight, W + (alpha / r) B A, which
+is what peft's `merge_and_unload` computes; the k fold heads of an expert then run as one batched product.
+Why not `pipeline.stage_two.heads.load_head` (peft): `import peft` imports transformers, which takes longer
+than torch itself (benchmarks/predict_speed.md: `import torch, peft` against `import torch`), and on a 2-core
+machine that alone was more than the 5 s a person should wait for the first record. tests/test_predict.py
+checks that these heads give what `load_head` gives on every task type; peft still reads an adapter this
+reader does not know (another PEFT method, DoRA, per-layer ranks, ...), merged by peft itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +32,6 @@ from pipeline.ecg import LEADS_12
 from pipeline.errors import RecordError, StoreError
 from pipeline.layout import CORPUS, embeddings_path, gate_dir, head_dir
 from pipeline.stage_one.signals import QCSettings, load_canonical
-from pipeline.stores import strings
 from pipeline.tasks import Task
 
 RECORD_SUFFIXES = (".hea", ".dat", ".mat")  # what a user may name a WFDB record by (header, signal files)
@@ -228,20 +233,20 @@ def embedding_reference(backbone: str, heads: ExpertHeads, train_rows: np.ndarra
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Heads without peft
+# Heads without peft (see the module docstring)
 # ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class ExpertHeads:
     """One expert's k fold heads as stacked arrays: output = probe(z) + ffn(z) + bias, z = (x - x_mean) / x_std,
-    each FFN Linear layer with its LoRA update (x A^T B^T alpha/r, as peft computes it in eval mode)."""
+    each FFN Linear layer's weight with its LoRA update merged in (as peft's merge_and_unload)."""
 
     task: Task
     x_mean: np.ndarray  # [k, D]
     x_std: np.ndarray  # [k, D]
     probe: tuple[np.ndarray, np.ndarray]  # [k, K, D], [k, K]
-    ffn: list[tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]]  # [k, out, in], [k, out], LoRA (A [k, r, in], B alpha/r [k, out, r])
+    ffn: list[tuple[np.ndarray, np.ndarray]]  # per Linear layer: weight [k, out, in] (LoRA merged), bias [k, out]
     bias: np.ndarray  # [k, K]
     y_mean: np.ndarray  # [k, K]
     y_std: np.ndarray  # [k, K]
@@ -259,11 +264,8 @@ class ExpertHeads:
             weight, bias = self.probe
             out = torch.baddbmm(tensor(bias)[:, None], z, tensor(weight).transpose(1, 2))
             h = z
-            for layer, (w, b, lora) in enumerate(self.ffn):
-                update = None if lora is None else torch.bmm(torch.bmm(h, tensor(lora[0]).transpose(1, 2)), tensor(lora[1]).transpose(1, 2))
+            for layer, (w, b) in enumerate(self.ffn):
                 h = torch.baddbmm(tensor(b)[:, None], h, tensor(w).transpose(1, 2))
-                if update is not None:
-                    h = h + update
                 if layer < len(self.ffn) - 1:
                     h = torch.relu(h)
             raw = out + h + tensor(self.bias)[:, None]
@@ -277,8 +279,8 @@ class _OtherAdapter(Exception):
 
 
 def _fold_arrays(directory: Path) -> dict[str, np.ndarray]:
-    """A fold head's base weights and its LoRA matrices (`L.lora_A`, `L.lora_B` times alpha/r), read with
-    safetensors (no peft)."""
+    """A fold head's state with its LoRA update merged into each adapted layer's weight, W + (alpha / r) B A
+    (as peft's merge_and_unload), read with safetensors (no peft); _OtherAdapter for an adapter it does not know."""
     from safetensors.numpy import load_file
 
     adapter_dir = directory / "adapter"
@@ -291,18 +293,23 @@ def _fold_arrays(directory: Path) -> dict[str, np.ndarray]:
     unsupported += [key for key in ("rank_pattern", "alpha_pattern") if config.get(key)]
     if config.get("peft_type") != "LORA" or unsupported:
         raise _OtherAdapter(f"{adapter_dir}: {config.get('peft_type')} {unsupported}")
-    scaling = float(config["lora_alpha"]) / float(config["r"])
-    prefix = "base_model.model."
+    prefix, lora = "base_model.model.", {}
     for key, value in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
         layer, _, kind = key.removeprefix(prefix).rpartition(".lora_")
         if not key.startswith(prefix) or kind not in ("A.weight", "B.weight") or f"{layer}.weight" not in arrays:
             raise _OtherAdapter(f"{adapter_dir}: adapter tensor {key}")
-        arrays[f"{layer}.lora_{kind[0]}"] = value * scaling if kind == "B.weight" else value
+        lora.setdefault(layer, {})[kind[0]] = value.astype(np.float64)
+    scaling = float(config["lora_alpha"]) / float(config["r"])
+    for layer, pair in lora.items():
+        if set(pair) != {"A", "B"}:
+            raise _OtherAdapter(f"{adapter_dir}: layer {layer} has lora_{'A' if 'B' in pair else 'B'} only")
+        weight = arrays[f"{layer}.weight"]
+        arrays[f"{layer}.weight"] = (weight + scaling * (pair["B"] @ pair["A"])).astype(weight.dtype)
     return arrays
 
 
 def load_expert(task: Task, directory: Path) -> ExpertHeads:
-    """The expert's fold heads (heads/TASK/BACKBONE/fold*/), stacked."""
+    """The expert's fold heads (heads/TASK/BACKBONE/fold*/), stacked, each with its LoRA update merged in."""
     folds = sorted(Path(directory).glob("fold*"))
     if not folds:
         raise StoreError(f"{directory} holds no trained heads; run `enecg fit-heads`")
@@ -312,14 +319,11 @@ def load_expert(task: Task, directory: Path) -> ExpertHeads:
         from pipeline.stage_two.heads import load_head
 
         states = [{key: value.numpy() for key, value in load_head(fold).merge_and_unload().state_dict().items()} for fold in folds]
-    stack = lambda key: np.stack([state[key] for state in states]).astype(np.float32, copy=False)
+    stack = lambda key: np.stack([state[key] for state in states]).astype(np.float32, copy=False)  # noqa: E731
     layers = sorted({int(key.split(".")[1]) for key in states[0] if key.startswith("ffn.") and key.endswith(".weight")})
-    ffn = []
-    for i in layers:
-        lora = (stack(f"ffn.{i}.lora_A"), stack(f"ffn.{i}.lora_B")) if f"ffn.{i}.lora_A" in states[0] else None
-        ffn.append((stack(f"ffn.{i}.weight"), stack(f"ffn.{i}.bias"), lora))
     return ExpertHeads(
-        task, stack("x_mean"), stack("x_std"), (stack("probe.weight"), stack("probe.bias")), ffn, stack("bias"), stack("y_mean"), stack("y_std"),
+        task, stack("x_mean"), stack("x_std"), (stack("probe.weight"), stack("probe.bias")),
+        [(stack(f"ffn.{i}.weight"), stack(f"ffn.{i}.bias")) for i in layers], stack("bias"), stack("y_mean"), stack("y_std"),
     )
 
 
@@ -353,6 +357,31 @@ class Prediction:
         return self.value is not None and bool(self.flags)
 
 
+@contextlib.contextmanager
+def one_thread_per_operation(device) -> Iterator[None]:
+    """On a CPU, every torch operation on one thread for the duration (torch's thread count restored after).
+
+    torch splits each operation over its intra-op threads (one per core). A prediction's operations are small
+    (MiniRocket's are [8, 84, 1000] per dilation), so the threads spend much of their time handing work over
+    and waiting (spinning) for each other, and a machine that other work shares makes that far worse: in
+    `enecg predict` on the shared 2-core development machine, 100 records' MiniRocket took 17.7 s on torch's 2
+    threads and 3.0 s in 2 record slices of one thread each at a load average of 2.5, and about as long
+    either way (2.7 s, 2.2 s) when it was quiet (benchmarks/predict_speed.md). `Predictor.embed` gets the
+    cores' work done by embedding slices of the records in parallel threads instead (torch's kernels release
+    the GIL), each operation on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class Predictor:
     """Every task's trained chain, loaded once: backbones (shared by tasks), fold heads and gates.
 
@@ -360,12 +389,15 @@ class Predictor:
     the embedding distance its reference)."""
 
     def __init__(self, tasks: list[Task], settings: QCSettings, device: str = "auto", batch_size: int = 32, distance: bool = True):
+        import torch
+
         from pipeline.stage_one.backbones import build_backbone
         from pipeline.stage_one.extract import resolve_device
         from pipeline.stage_two.moe import load_gates
 
         self.tasks, self.settings, self.batch_size = tasks, settings, batch_size
         self.device = resolve_device(device)
+        self.workers = torch.get_num_threads() if self.device.type == "cpu" else 1  # threads embedding records (see `embed`)
         self.gates, self.heads, self.backbones = {}, {}, {}
         for task in tasks:
             gates, config = load_gates(gate_dir(task.name))
@@ -382,6 +414,8 @@ class Predictor:
         if not CORPUS.exists():
             return {}
         import zarr
+
+        from pipeline.stores import strings
 
         try:
             subjects = strings(zarr.open_group(str(CORPUS), mode="r")["subject_id"])
@@ -402,21 +436,31 @@ class Predictor:
         return references
 
     def embed(self, signals: np.ndarray) -> dict[str, np.ndarray]:
+        """Each backbone's embeddings [N, D] of canonical signals [N, 12, T]; on a CPU, slices of the records in
+        `self.workers` threads, each torch operation on one thread (see `one_thread_per_operation`)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from pipeline.stage_one.extract import backbone_inputs, embed_batches
 
-        leads = list(LEADS_12)
-        return {
-            name: embed_batches(model, backbone_inputs(signals, self.settings.sampling_rate, leads, model), self.batch_size, self.device)["embedding"]
-            for name, model in self.backbones.items()
-        }
+        leads, out = list(LEADS_12), {}
+        with one_thread_per_operation(self.device), ThreadPoolExecutor(self.workers) as pool:
+            for name, model in self.backbones.items():
+                inputs = backbone_inputs(signals, self.settings.sampling_rate, leads, model)
+                embed = lambda part: embed_batches(model, part, self.batch_size, self.device)["embedding"]  # noqa: E731
+                out[name] = np.concatenate(list(pool.map(embed, np.array_split(inputs, max(1, min(self.workers, len(inputs)))))))
+        return out
 
     def predict(self, names: list[str], signals: np.ndarray) -> list[Prediction]:
         """Predictions of every task for canonical signals [N, 12, T] named `names`, grouped by task."""
+        if not len(names):
+            return []
+        with one_thread_per_operation(self.device):
+            return self._predict(names, signals)
+
+    def _predict(self, names: list[str], signals: np.ndarray) -> list[Prediction]:
         from pipeline.stage_two.gate import lead_signals
         from pipeline.stage_two.moe import moe_predict
 
-        if not len(names):
-            return []
         embeddings = self.embed(signals)
         qualities = signal_qualities(signals, self.settings.sampling_rate, self.settings.flat_threshold_mv)
         distances = {name: reference.ratio(embeddings[name]) for name, reference in self.references.items()}

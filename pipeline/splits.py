@@ -1,4 +1,5 @@
-"""Subject-wise splits: a held-out test set, and k folds of the training subjects for out-of-fold predictions.
+"""Subject-wise splits: a held-out test set, k folds of the training subjects for out-of-fold predictions, and
+an optional gate hold-out.
 
 Records of one subject never straddle the test split or the folds. The test split is the same for every
 task (it is made over all usable records, before any label is looked at), so the gate and the evaluation
@@ -8,10 +9,17 @@ of one task never see a test subject of another. Three methods (params.yaml `spl
 - `fold`: the manifest's `fold` column, e.g. PTB-XL strat_fold 1-8 train, 10 test (`train_folds`, `test_folds`);
 - `cv` (EnECG's reported protocol): k seeded subject-wise folds, fold `test_fold` is the test set;
   `enecg cross-validate` runs stage two once per test fold and reports the mean and std over them.
+
+The gate hold-out (`gate_folds` for `fold`, e.g. PTB-XL's fold 9; `gate_fraction` of the training subjects
+otherwise) is a third set of subjects, neither training nor test: no expert trains on it (nor does stage-one
+pretraining), so every expert's predictions for it are out-of-sample and the gate trains on them. It is what
+makes stacking an expert fine-tuned on the labels (post-training) leak-free; without one the gate trains on
+the heads' out-of-fold predictions, as before.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +38,7 @@ class Split:
     train: np.ndarray  # corpus row indices
     test: np.ndarray
     fold_of_train: np.ndarray  # fold number (0..k-1) of each train row, for out-of-fold predictions
+    gate: np.ndarray  # the gate hold-out's corpus rows (empty: none), disjoint from train and test
 
 
 def make_split(subjects: np.ndarray, usable: np.ndarray, settings: dict, folds: np.ndarray | None = None) -> Split:
@@ -53,11 +62,15 @@ def make_split(subjects: np.ndarray, usable: np.ndarray, settings: dict, folds: 
             raise ManifestError("split.method is 'fold' but some manifest records have no 'fold' field")
         train = rows[np.isin(folds[rows], settings["train_folds"])]
         test = rows[np.isin(folds[rows], settings["test_folds"])]
+        gate = rows[np.isin(folds[rows], settings.get("gate_folds", []))]
     else:
         raise ManifestError(f"params.yaml: split.method is {method!r}; use 'subject', 'fold' or 'cv'")
-    shared = set(subjects[train]) & set(subjects[test])
-    if shared:
-        raise ManifestError(f"subjects {sorted(str(s) for s in shared)[:5]} have records in both the train and the test folds; folds must be subject-wise")
+    if method != "fold":
+        train, gate = hold_out_subjects(train, subjects, float(settings.get("gate_fraction", 0.0)), int(settings.get("seed", 0)))
+    for (name, one), (other, two) in itertools.combinations((("train", train), ("gate", gate), ("test", test)), 2):
+        shared = set(subjects[one]) & set(subjects[two])
+        if shared:
+            raise ManifestError(f"subjects {sorted(str(s) for s in shared)[:5]} have records in both the {name} and the {other} folds; folds must be subject-wise")
     k = int(settings.get("k", 3))
     if len(set(subjects[train])) < k or len(test) == 0:
         raise ManifestError(f"too few subjects to split: {len(set(subjects[train]))} training subjects for k={k}, {len(test)} test records")
@@ -65,7 +78,15 @@ def make_split(subjects: np.ndarray, usable: np.ndarray, settings: dict, folds: 
     kfold = GroupKFold(n_splits=k, shuffle=True, random_state=int(settings.get("seed", 0)))
     for fold, (_, held_out) in enumerate(kfold.split(train, groups=subjects[train])):
         fold_of_train[held_out] = fold
-    return Split(train=train, test=test, fold_of_train=fold_of_train)
+    return Split(train=train, test=test, fold_of_train=fold_of_train, gate=gate)
+
+
+def hold_out_subjects(rows: np.ndarray, subjects: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out) rows: a seeded `fraction` of the subjects of `rows` held out (none when fraction is 0)."""
+    if fraction <= 0:
+        return rows, rows[:0]
+    kept, held = next(GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed).split(rows, groups=subjects[rows]))
+    return rows[np.sort(kept)], rows[np.sort(held)]
 
 
 def corpus_split(params: dict, corpus_path: Path = CORPUS) -> tuple[zarr.Group, list, Split]:

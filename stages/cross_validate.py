@@ -2,12 +2,14 @@
 
 from pipeline.report import show_table
 from pipeline.stage_two.crossval import cross_validate
-from stages import evaluate, fit_gate, fit_heads
+from stages import evaluate, fit_gate, fit_heads, post_train
 
 
 def run_fold(params: dict, task: str) -> dict:
     for backbone in params["backbones"]:
         fit_heads.run(params, task, backbone)
+    for model in params.get("post_trained", []):
+        post_train.run(params, task, model)
     fit_gate.run(params, task)
     return evaluate.run(params, task)
 

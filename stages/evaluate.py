@@ -10,7 +10,7 @@ from pipeline.progress import console
 from pipeline.report import show_metrics
 from pipeline.stage_one.backbones import default_checkpoint, seen_corpus_warning
 from pipeline.stage_two.dataset import load_task_data
-from pipeline.stage_two.evaluation import evaluate_task
+from pipeline.stage_two.evaluation import evaluate_task, test_candidates
 from pipeline.stage_two.metrics import primary_metric
 from pipeline.stage_two.plots import write_task_plots
 from pipeline.stores import write_json
@@ -27,10 +27,11 @@ def checkpoint_warnings(params: dict) -> list[str]:
 
 def run(params: dict, task: str) -> dict:
     data = load_task_data(params, task)
-    report, _ = evaluate_task(data, params["evaluate"])
+    tested = test_candidates(data)  # once, for the metrics and the plots
+    report = evaluate_task(data, params["evaluate"], tested)
     report["warnings"] = checkpoint_warnings(params)
     write_json(metrics_path(task), report)
-    write_task_plots(data)  # plot_data/KIND/TASK.json (DVC plots) and plots/TASK/*.png (matplotlib)
+    write_task_plots(data, tested)  # plot_data/KIND/TASK.json (DVC plots) and plots/TASK/*.png (matplotlib)
     show_metrics(report)
     for warning in report["warnings"]:
         console.print(f"[bold yellow]warning:[/] {warning}")

@@ -135,7 +135,7 @@ def project(tmp_path_factory):
             for value in gate.parameters():
                 value.data.normal_(0, 0.3, generator=weights)
             gate.lead_scale.fill_(0.2)
-            config = {"experts": EXPERTS, "settings": settings, "target_scale": float(np.std(target)) if task.type == "regression" else 1.0,
+            config = {"experts": EXPERTS, "rows": rows, "settings": settings, "target_scale": float(np.std(target)) if task.type == "regression" else 1.0,
                       "n_leads": 1, "n_outputs": n_outputs, "variants": {"moe": {"inputs": ["leads", "outputs"], "history": {}}}}
             save_gates({"moe": gate}, config, gate_dir(task_name), {})
         records = folder / "records"
@@ -163,7 +163,8 @@ def test_records_are_named_with_or_without_an_extension(project):
 
 
 def test_heads_without_peft_give_the_peft_chain(project):
-    """The merged, stacked heads and the Predictor give what load_head (peft) + moe_predict give."""
+    """The heads read without peft (LoRA merged, folds stacked) and the Predictor give what load_head (peft) +
+    moe_predict give: each fold's merged state equals peft's merge_and_unload, the predictions peft's unmerged."""
     from pipeline.stage_two.gate import lead_signals
     from pipeline.stage_two.heads import load_head, predict
     from pipeline.stage_two.moe import load_gates, moe_predict
@@ -174,6 +175,13 @@ def test_heads_without_peft_give_the_peft_chain(project):
     got = predictor.predict(names, signals)
     embeddings = predictor.embed(signals)
     for task in tasks():
+        for name in EXPERTS:  # each fold's state: what peft's own merge gives
+            for fold in sorted(head_dir(task.name, name).glob("fold*")):
+                merged = {key: value.numpy() for key, value in load_head(fold).merge_and_unload().state_dict().items()}
+                mine = chain._fold_arrays(fold)
+                assert set(mine) == set(merged)
+                for key, value in merged.items():
+                    np.testing.assert_allclose(mine[key], value, rtol=1e-6, atol=1e-7, err_msg=key)
         gates, config = load_gates(gate_dir(task.name))
         folds = np.stack([
             np.stack([predict(task, load_head(fold), embeddings[name]) for fold in sorted(head_dir(task.name, name).glob("fold*"))])
@@ -189,6 +197,23 @@ def test_heads_without_peft_give_the_peft_chain(project):
         for e, name in enumerate(EXPERTS):
             np.testing.assert_allclose(np.stack([p.experts[name] for p in mine]), folds.mean(0)[:, e], rtol=1e-4, atol=1e-5)
     assert len({round(p.weights["dlinear"], 4) for p in got}) > 1  # the gate weighs records differently
+
+
+def test_records_embedded_in_slices_give_the_batched_embeddings(project):
+    """Predictor.embed (slices of the records in parallel threads, one torch thread each) gives what one batched
+    embed_batches gives, and leaves torch's thread count as it was."""
+    names = [str(project / "records" / f"ecg{i}") for i in range(5)]
+    signals = np.stack([load_canonical(Path(name), QCSettings()) for name in names])
+    predictor = chain.Predictor(tasks(), QCSettings(), "cpu", batch_size=2)
+    predictor.workers = 3  # slices of 2, 2 and 1 records, whatever the machine's cores
+    threads = torch.get_num_threads()
+    got = predictor.embed(signals)
+    assert torch.get_num_threads() == threads
+    for name, model in predictor.backbones.items():
+        whole = embed_batches(model, backbone_inputs(signals, 500, list(LEADS_12), model), 8, torch.device("cpu"))["embedding"]
+        np.testing.assert_allclose(got[name], whole, rtol=1e-6, atol=1e-6, err_msg=name)
+    predictor.predict(names, signals)
+    assert torch.get_num_threads() == threads
 
 
 def test_signal_quality_flags_noise_and_not_ecgs(project):

@@ -14,12 +14,17 @@ from pipeline.layout import gate_dir
 from pipeline.stage_two.dataset import TaskData
 from pipeline.stage_two.metrics import best_expert, evaluate_candidates, per_label_auroc
 from pipeline.stage_two.moe import gate_lead_signals, load_gates, moe_predict
+from pipeline.stage_two.plot_data import class_groups
 from pipeline.stage_two.predictions import expert_predictions
-from pipeline.stores import provenance, strings
+from pipeline.stores import provenance
 
 
-def test_candidates(data: TaskData) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
-    """(candidate name -> test predictions [n_test, K], gate variant -> mean weights [n_test, E], gate config)."""
+Tested = tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]  # what test_candidates returns
+
+
+def test_candidates(data: TaskData) -> Tested:
+    """(candidate name -> test predictions [n_test, K], gate variant -> mean weights [n_test, E], gate config):
+    computed once per task and shared by the metrics (`evaluate_task`) and the plots."""
     gates, config = load_gates(gate_dir(data.task.name))
     backbones = config["experts"]
     _, test_folds = expert_predictions(data, backbones)
@@ -36,24 +41,15 @@ def test_candidates(data: TaskData) -> tuple[dict[str, np.ndarray], dict[str, np
 
 
 def weights_by_class(data: TaskData, weights: np.ndarray, backbones: list[str]) -> dict[str, dict[str, float]]:
-    """Mean gate weight per expert among the test records of each class (positives of each label; for
-    regression, each third of the target's range), so one sees whether the gate specialises."""
-    truth, task = data.target[data.test], data.task
-    if task.type == "regression":
-        edges = np.quantile(truth, [1 / 3, 2 / 3])
-        groups = {"low third": truth <= edges[0], "middle third": (truth > edges[0]) & (truth <= edges[1]), "high third": truth > edges[1]}
-    elif task.type == "binary":
-        groups = {"0": truth.reshape(-1) < 0.5, "1": truth.reshape(-1) >= 0.5}
-    elif task.type == "multiclass":
-        groups = {name: truth == k for k, name in enumerate(task.classes)}
-    else:
-        groups = {name: truth[:, k] >= 0.5 for k, name in enumerate(task.classes)}
+    """Mean gate weight per expert among the test records of each class group (pipeline.stage_two.plot_data.class_groups:
+    positives of each label; for regression, each third of the target's range), so one sees whether the gate specialises."""
+    groups = class_groups(data.task, data.target[data.test])
     return {name: dict(zip(backbones, weights[mask].mean(axis=0).round(4).tolist())) for name, mask in groups.items() if mask.any()}
 
 
-def evaluate_task(data: TaskData, settings: dict) -> tuple[dict, list[dict]]:
-    """The metrics report (models, paired differences, bootstrap block, gate weights) and the plot rows."""
-    candidates, weights, config = test_candidates(data)
+def evaluate_task(data: TaskData, settings: dict, tested: Tested | None = None) -> dict:
+    """The metrics report (models, paired differences, bootstrap block, gate weights) of `tested` (test_candidates)."""
+    candidates, weights, config = tested if tested is not None else test_candidates(data)
     backbones = config["experts"]
     truth = data.target[data.test]
     best = best_expert(data.task, truth, {name: candidates[f"expert:{name}"] for name in backbones})
@@ -70,17 +66,4 @@ def evaluate_task(data: TaskData, settings: dict) -> tuple[dict, list[dict]]:
     if data.task.type in ("multiclass", "multilabel"):
         report["per_label_auroc"] = per_label_auroc(data.task, truth, candidates["moe"])
     report["provenance"] = provenance(gate=config.get("provenance"))
-    return report, prediction_rows(data, truth, candidates["mean"], candidates["moe"])
-
-
-def prediction_rows(data: TaskData, truth: np.ndarray, mean: np.ndarray, moe: np.ndarray) -> list[dict]:
-    """One row per test record for DVC plots: the target and the mean and MoE predictions, in readable form."""
-    ids = strings(data.corpus["record_id"])[data.test]
-    task = data.task
-    if task.type in ("regression", "binary"):
-        actual = float if task.type == "regression" else int
-        return [{"record_id": i, "actual": actual(t), "mean": float(m[0]), "moe": float(e[0])} for i, t, m, e in zip(ids, truth, mean, moe)]
-    if task.type == "multiclass":
-        return [{"record_id": i, "actual": task.classes[t], "predicted": task.classes[int(e.argmax())]} for i, t, e in zip(ids, truth, moe)]
-    join = lambda flags: ";".join(name for name, flag in zip(task.classes, flags) if flag)  # noqa: E731
-    return [{"record_id": i, "actual": join(t >= 0.5), "predicted": join(e >= 0.5)} for i, t, e in zip(ids, truth, moe)]
+    return report

@@ -1,8 +1,9 @@
-"""Stage two, first half: one expert per backbone = k fold heads, each fitted fresh on the other folds' rows.
+"""Stage two, first half: one expert per backbone = k fold heads, each fitted fresh on the other folds' rows
+(with a gate hold-out: one head, fitted on every training row; see TaskData.folds).
 
 Artifacts, heads/TASK/BACKBONE/ (written under a temporary name and renamed when complete):
 - fold0..k-1/: head.json, base.safetensors, adapter/ (see pipeline.stage_two.heads);
-- predictions.npz: the out-of-fold and per-fold test predictions (see pipeline.stage_two.predictions);
+- predictions.npz: the stacking rows' out-of-fold and per-fold test predictions (see pipeline.stage_two.predictions);
 - meta.json: provenance and every fold's training curves (train and held-out loss per epoch).
 """
 
@@ -31,16 +32,17 @@ class ExpertFit:
 
 
 def fit_expert(data: TaskData, embeddings: zarr.Array, settings: dict) -> ExpertFit:
-    """A fresh head per fold: out-of-fold predictions for the training rows, each fold model's on the test rows."""
-    rows = np.union1d(data.train, data.test)  # sorted; only the labelled rows are held in memory
+    """A fresh head per fold: out-of-fold predictions for the stacking rows, each fold model's on the test rows."""
+    stacking = data.stacking_rows
+    rows = np.union1d(np.union1d(data.train, stacking), data.test)  # sorted; only the labelled rows are held in memory
     block = embeddings.oindex[rows]
     if not np.isfinite(block).all():
         raise StoreError("embeddings hold NaN for records that passed QC; the embedding store does not match the corpus")
     take = lambda selection: block[np.searchsorted(rows, selection)]  # noqa: E731
     folds = list(data.folds())
-    k, n_train, n_test, out = len(folds), len(data.train), len(data.test), data.task.out_dim
+    k, n_stacking, n_test, out = len(folds), len(stacking), len(data.test), data.task.out_dim
     predictions = {
-        "oof": np.zeros((n_train, out), np.float32), "probe_oof": np.zeros((n_train, out), np.float32),
+        "oof": np.zeros((n_stacking, out), np.float32), "probe_oof": np.zeros((n_stacking, out), np.float32),
         "test_folds": np.zeros((k, n_test, out), np.float32), "probe_test_folds": np.zeros((k, n_test, out), np.float32),
     }
     models, histories = [], []
@@ -48,7 +50,7 @@ def fit_expert(data: TaskData, embeddings: zarr.Array, settings: dict) -> Expert
     with progress_bar(f"heads {data.task.name}: folds", k) as advance:
         for fold, fit_rows, held_out in folds:
             fitted = fit_head(data.task, take(fit_rows), data.target[fit_rows], data.subjects[fit_rows], settings, seed=int(settings["seed"]) + fold)
-            held_out_x = take(data.train[held_out])
+            held_out_x = take(stacking[held_out])
             for prefix, model in (("", fitted.model), ("probe_", fitted.probe)):
                 predictions[f"{prefix}oof"][held_out] = predict(data.task, model, held_out_x)
                 predictions[f"{prefix}test_folds"][fold] = predict(data.task, model, test_x)

@@ -1,13 +1,14 @@
-"""Stage two, second half: the mixture-of-experts gate of one task, on the experts' out-of-fold predictions.
+"""Stage two, second half: the mixture-of-experts gate of one task, on predictions no expert trained on.
 
-The gate trains on out-of-fold predictions, each made by a single fold model that never saw that row. At
+The gate trains on the stacking rows' predictions (TaskData.stacking_rows), each made by a model that never saw
+that row: a fold head that left it out, or an expert trained without the gate hold-out. At
 test time it sees the same kind of input: each fold model's test predictions are gated and mixed on their
 own, and the k mixtures are averaged (gating the k-model mean instead would feed it less extreme
 probabilities than it was trained on).
 
 Artifacts, gates/TASK/: VARIANT.safetensors per gate variant ("moe", and the ablations asked for in
 params: "moe:constant", "moe:outputs", "moe:leads", "moe:leads+outputs") and gate.json (experts in order,
-settings, each variant's inputs and training curves, provenance).
+settings, each variant's inputs and training curves, provenance) and rows.npy (the corpus rows it trained on).
 """
 
 from __future__ import annotations
@@ -62,16 +63,18 @@ def gate_variants(settings: dict) -> dict[str, list[str]]:
 
 
 def fit_task_gates(data: TaskData, backbones: list[str], settings: dict) -> tuple[dict[str, Gate], dict]:
-    """Every gate variant of the task, trained on the experts' out-of-fold predictions; and the gate config."""
+    """Every gate variant of the task, trained on the experts' predictions for the stacking rows; and the gate
+    config (its "rows": the corpus rows it trained on)."""
     oof, _ = expert_predictions(data, backbones)
     scale = target_scale(data)
-    leads = gate_lead_signals(data.corpus, data.train, settings)
+    rows = data.stacking_rows
+    leads = gate_lead_signals(data.corpus, rows, settings)
     features = expert_features(data.task, oof, scale)
     gates, histories = {}, {}
     for name, inputs in gate_variants(settings).items():
-        gates[name], histories[name] = fit_gate(data.task, leads, features, oof, data.target[data.train], data.subjects[data.train], settings, scale, inputs)
+        gates[name], histories[name] = fit_gate(data.task, leads, features, oof, data.target[rows], data.subjects[rows], settings, scale, inputs)
     config = {
-        "experts": backbones, "settings": settings, "target_scale": scale, "n_leads": leads.shape[1], "n_outputs": features.shape[1],
+        "experts": backbones, "rows": rows, "settings": settings, "target_scale": scale, "n_leads": leads.shape[1], "n_outputs": features.shape[1],
         "variants": {name: {"inputs": gate.inputs, "history": histories[name]} for name, gate in gates.items()},
     }
     return gates, config
@@ -82,6 +85,8 @@ def save_gates(gates: dict[str, Gate], config: dict, directory: Path, meta: dict
         tmp.mkdir(parents=True)
         for name, gate in gates.items():
             save_file({k: v.contiguous() for k, v in gate.state_dict().items()}, str(tmp / f"{name}.safetensors"))
+        config = dict(config)
+        np.save(tmp / "rows.npy", config.pop("rows"))
         (tmp / "gate.json").write_text(json.dumps({**config, **meta}, indent=2, default=str))
 
 

@@ -56,15 +56,21 @@ def score_matrix(prediction: np.ndarray, n: int) -> np.ndarray:
     return np.asarray(prediction, dtype=float).reshape(n, -1)
 
 
+def _usable_columns(matrix: np.ndarray) -> list[int]:
+    """The label columns with a positive and a negative among the records (a curve needs both)."""
+    count = matrix.sum(0)
+    return [k for k in range(matrix.shape[1]) if 0 < count[k] < len(matrix)]
+
+
 def curve_groups(task: Task, truth: np.ndarray, top: int = TOP_LABELS) -> list[tuple[str, int | None]]:
     """(panel name, label column or None for the macro average) for every ROC / PR / calibration panel."""
     if task.type == "regression":
         return []
     matrix, names = label_matrix(task, truth)
-    count = matrix.sum(0)
-    usable = [k for k in range(matrix.shape[1]) if 0 < count[k] < len(matrix)]
+    usable = _usable_columns(matrix)
     if task.type != "multilabel":
         return [(names[k], k) for k in usable]
+    count = matrix.sum(0)
     frequent = sorted(usable, key=lambda k: (-count[k], k))[:top]
     return ([(MACRO, None)] if usable else []) + [(names[k], k) for k in frequent]
 
@@ -80,11 +86,6 @@ def _thin(*columns: np.ndarray, limit: int = MAX_CURVE_POINTS) -> list[np.ndarra
 def _rows(group: str, series: str, xname: str, yname: str, xs, ys, reference: bool = False) -> list[dict]:
     return [{"group": group, "series": series, "point": i, xname: round(float(x), 5), yname: round(float(y), 5), "reference": reference}
             for i, (x, y) in enumerate(zip(xs, ys))]
-
-
-def _usable_columns(matrix: np.ndarray) -> list[int]:
-    count = matrix.sum(0)
-    return [k for k in range(matrix.shape[1]) if 0 < count[k] < len(matrix)]
 
 
 def _roc(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,32 +117,35 @@ def _macro_pr(matrix: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return GRID, np.mean(curves, axis=0)
 
 
-def roc_rows(task: Task, truth: np.ndarray, candidates: dict[str, np.ndarray]) -> list[dict]:
-    """ROC curves (`fpr`, `tpr`) of every curve candidate in every group, and each group's chance diagonal."""
+def _curve_rows(task: Task, truth: np.ndarray, candidates: dict[str, np.ndarray], names: tuple[str, str], curve, macro, reference) -> list[dict]:
+    """Rows of `curve(positive, score) -> (x, y)` (`macro(matrix, scores)` for the macro panel) of every curve
+    candidate in every group, and each group's `reference(matrix, k) -> (series, xs, ys)`."""
     matrix, _ = label_matrix(task, truth)
     rows = []
     for group, k in curve_groups(task, truth):
         for name in curve_candidates(candidates):
             scores = score_matrix(candidates[name], len(matrix))
-            fpr, tpr = _macro_roc(matrix, scores) if k is None else _roc(matrix[:, k], scores[:, k])
-            rows += _rows(group, name, "fpr", "tpr", *_thin(fpr, tpr))
-        rows += _rows(group, "chance", "fpr", "tpr", [0.0, 1.0], [0.0, 1.0], reference=True)
+            xs, ys = macro(matrix, scores) if k is None else curve(matrix[:, k], scores[:, k])
+            rows += _rows(group, name, *names, *_thin(xs, ys))
+        series, xs, ys = reference(matrix, k)
+        rows += _rows(group, series, *names, xs, ys, reference=True)
     return rows
+
+
+def roc_rows(task: Task, truth: np.ndarray, candidates: dict[str, np.ndarray]) -> list[dict]:
+    """ROC curves (`fpr`, `tpr`) of every curve candidate in every group, and each group's chance diagonal."""
+    return _curve_rows(task, truth, candidates, ("fpr", "tpr"), _roc, _macro_roc, lambda matrix, k: ("chance", [0.0, 1.0], [0.0, 1.0]))
+
+
+def _prevalence(matrix: np.ndarray, k: int | None) -> tuple[str, list[float], list[float]]:
+    """A classifier at chance on a precision-recall panel: the positives' share (macro: over the usable labels)."""
+    prevalence = float(matrix[:, _usable_columns(matrix)].mean()) if k is None else float(matrix[:, k].mean())
+    return "prevalence", [0.0, 1.0], [prevalence, prevalence]
 
 
 def pr_rows(task: Task, truth: np.ndarray, candidates: dict[str, np.ndarray]) -> list[dict]:
     """Precision-recall curves (`recall`, `precision`) and each group's prevalence (a classifier at chance)."""
-    matrix, _ = label_matrix(task, truth)
-    rows = []
-    for group, k in curve_groups(task, truth):
-        for name in curve_candidates(candidates):
-            scores = score_matrix(candidates[name], len(matrix))
-            recall, precision = _macro_pr(matrix, scores) if k is None else _pr(matrix[:, k], scores[:, k])
-            rows += _rows(group, name, "recall", "precision", *_thin(recall, precision))
-        usable = _usable_columns(matrix)
-        prevalence = float(matrix[:, usable].mean()) if k is None else float(matrix[:, k].mean())
-        rows += _rows(group, "prevalence", "recall", "precision", [0.0, 1.0], [prevalence, prevalence], reference=True)
-    return rows
+    return _curve_rows(task, truth, candidates, ("recall", "precision"), _pr, _macro_pr, _prevalence)
 
 
 def _binned_regression(actual: np.ndarray, predicted: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -205,8 +209,8 @@ def areas(rows: list[dict], xname: str, yname: str) -> dict[tuple[str, str], flo
 
 def class_groups(task: Task, truth: np.ndarray) -> dict[str, np.ndarray]:
     """Group name -> mask of test records: each class (multiclass), 0/1 (binary), the positives of each label
-    (multilabel; a record may be in several), the thirds of the target's range (regression). The groups of
-    pipeline.stage_two.evaluation.weights_by_class."""
+    (multilabel; a record may be in several), the thirds of the target's range (regression); the gate table's
+    groups and those of the metrics' gate weights by class (pipeline.stage_two.evaluation.weights_by_class)."""
     truth = np.asarray(truth)
     if task.type == "regression":
         edges = np.quantile(truth, [1 / 3, 2 / 3])

@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.layout import figures_dir, plot_table_path
 from pipeline.stage_two.dataset import TaskData
-from pipeline.stage_two.evaluation import test_candidates
+from pipeline.stage_two.evaluation import Tested, test_candidates
 from pipeline.stage_two.figures import write_figures
 from pipeline.stage_two.plot_data import plot_tables, training_histories
 from pipeline.stores import atomic_path, strings
@@ -54,10 +54,10 @@ def write_plots(task: Task, truth: np.ndarray, candidates: dict[str, np.ndarray]
     return {"tables": written, "figures": figures}
 
 
-def write_task_plots(data: TaskData) -> dict[str, list[Path]]:
-    """`write_plots` for a task from its artifacts: the candidates' test predictions and gate weights
-    (pipeline.stage_two.evaluation.test_candidates) and the curves in heads/TASK/*/meta.json and gates/TASK/."""
-    candidates, weights, config = test_candidates(data)
+def write_task_plots(data: TaskData, tested: Tested | None = None) -> dict[str, list[Path]]:
+    """`write_plots` for a task from its artifacts: the candidates' test predictions and gate weights (`tested`,
+    else pipeline.stage_two.evaluation.test_candidates) and the curves in heads/TASK/*/meta.json and gates/TASK/."""
+    candidates, weights, config = tested if tested is not None else test_candidates(data)
     experts = list(config["experts"])
     record_ids = strings(data.corpus["record_id"])[data.test]
     return write_plots(data.task, data.target[data.test], candidates, weights["moe"], experts, record_ids, training_histories(data.task.name, experts))

@@ -24,7 +24,6 @@ into seq_len-sample windows whose outputs are averaged.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +33,8 @@ from torch import nn
 
 from pipeline.stage_one.backbones import (
     LEADS_12,
-    Backbone,
     BackboneConfig,
     forecasting,
-    register_backbone,
-    register_pretrainer,
     windows,
 )
 from pipeline.stage_one.backbones.forecasting import SEQ_LEN
@@ -99,7 +95,7 @@ CONFIG = BackboneConfig(
 )
 
 
-def sizes(state: dict) -> dict[str, forecasting.Size]:
+def sizes(state: dict, path: Path | None = None) -> dict[str, forecasting.Size]:
     """seq_len and pred_len of a DLinear state_dict, from Linear_Seasonal.weight [pred_len, seq_len] (else Trend's)."""
     keys = ("Linear_Seasonal.weight", "Linear_Trend.weight")
     return {
@@ -108,31 +104,23 @@ def sizes(state: dict) -> dict[str, forecasting.Size]:
     }
 
 
-def load_sized_dlinear(path: Path, config: dict | None = None) -> tuple[DLinear, dict]:
-    """EnECG's DLinear of the checkpoint's own size, every key and shape checked, and its sizes and settings.
-
-    `config` (EnECG Configs attributes) replaces checkpoint_config.json beside the checkpoint; the settings
-    used are `kernel_size` (default 1001) and `sampling_rate` (default seq_len / 10 s).
-    """
-    state = forecasting.read_state_dict(path, CONFIG.source)
-    settings, where = forecasting.checkpoint_config(path, config)
-    found = forecasting.checked_sizes(sizes(state), settings, where, path)
+def _kernel(found: dict[str, forecasting.Size], settings: dict, where: str, path: Path) -> dict:
+    """The moving-average kernel, which no tensor determines: `kernel_size` of the checkpoint config."""
     kernel = forecasting.setting(
         settings, where, "kernel_size", KERNEL_SIZE, lambda k: isinstance(k, int) and k >= 1 and k % 2 == 1,
         "an odd whole number (the moving-average kernel)",
     )
-    rate = forecasting.sampling_rate(settings, where, found["seq_len"].value)
-    net = forecasting.load_sized(DLinear, state, path, found, kernel_size=kernel)
-    return net, {name: size.value for name, size in found.items()} | {"kernel_size": kernel, "sampling_rate": rate}
-
-
-def load_dlinear(path: Path, config: dict | None = None) -> DLinear:
-    """EnECG's DLinear from its bare state_dict file at the checkpoint's size, every key and shape checked."""
-    return load_sized_dlinear(path, config)[0]
+    return {"kernel_size": kernel}
 
 
 class DLinearBackbone(forecasting.ForecasterBackbone):
+    """DLinear at a checkpoint's size: seq_len and pred_len from its tensors (`sizes`), `kernel_size` (default
+    1001) and `sampling_rate` (default seq_len / 10 s) from its checkpoint config."""
+
     config = CONFIG
+    net_class = DLinear
+    read_sizes = staticmethod(sizes)
+    read_settings = staticmethod(_kernel)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         batch, leads, _ = x.shape
@@ -141,29 +129,20 @@ class DLinearBackbone(forecasting.ForecasterBackbone):
         parts = torch.stack([seasonal, trend], dim=1).reshape(batch, -1, leads, 2, steps).mean(dim=1)
         return {"embedding": parts.reshape(batch, -1), "forecast": parts.sum(dim=2).reshape(batch, -1)}
 
-
-def backbone_config(settings: dict) -> BackboneConfig:
-    """CONFIG with the input spec and embedding size of a checkpoint's sizes (CONFIG itself at the published ones)."""
-    spec = forecasting.series_spec(settings["seq_len"], settings["sampling_rate"])
-    return dataclasses.replace(CONFIG, spec=spec, embedding_dim=2 * settings["pred_len"] * len(spec.leads))
+    @staticmethod
+    def lead_features(settings: dict) -> int:
+        return 2 * settings["pred_len"]  # the seasonal and the trend output of each forecast step
 
 
-@register_backbone(CONFIG)
-def build(checkpoint: Path, config: dict | None = None) -> Backbone:
-    """The backbone at the checkpoint's size; `config` replaces checkpoint_config.json (see load_sized_dlinear)."""
-    net, settings = load_sized_dlinear(checkpoint, config)
-    return DLinearBackbone(net, backbone_config(settings), settings)
-
-
-@register_pretrainer("dlinear")
-def pretrain(signals: np.ndarray, out: Path, settings: dict, seed: int) -> dict:
-    """Next-sample forecasting on the corpus (see `pipeline.stage_one.backbones.forecasting.pretrain`); defaults in PRETRAIN_DEFAULTS."""
-    return forecasting.pretrain(DLinear, signals, out, settings, seed, PRETRAIN_DEFAULTS)
+# build(checkpoint, config=None): the backbone at the checkpoint's size, `config` (EnECG Configs attributes)
+# replacing checkpoint_config.json; pretrain(signals, out, settings, seed): next-sample forecasting on the corpus
+# (see `pipeline.stage_one.backbones.forecasting.pretrain`), defaults in PRETRAIN_DEFAULTS
+build, pretrain = forecasting.register(DLinearBackbone, PRETRAIN_DEFAULTS)
 
 
 def parity_outputs(fixture_dir: Path) -> dict[str, np.ndarray]:
     """EnECG's `model(x, 0)` [B, pred_len, C] and `inference_dlinear` features on the fixture's [B, L, C] input."""
-    net = load_dlinear(fixture_dir / "checkpoint.pth").eval()
+    net = DLinearBackbone.load_net(fixture_dir / "checkpoint.pth")[0].eval()
     x = torch.from_numpy(np.load(fixture_dir / "input.npy"))
     batch, length, channels = x.shape
     with torch.no_grad():

@@ -38,7 +38,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -52,6 +52,8 @@ from pipeline.stage_one.backbones import (
     InputSpec,
     load_state_dict_strict,
     load_torch_file,
+    register_backbone,
+    register_pretrainer,
     windows,
 )
 
@@ -213,15 +215,6 @@ def shifted_pairs(
     return series[series_index[:, None], positions], series[series_index, length - shift]
 
 
-def load_checkpoint(model: nn.Module, path: Path, source: str) -> nn.Module:
-    """Load EnECG's checkpoint format, a bare state_dict, into `model` with every key and shape checked.
-
-    `source` tells the user where a good checkpoint comes from, should this one not fit.
-    """
-    load_state_dict_strict(model, read_state_dict(path, source), path)
-    return model
-
-
 def save_state_dict(model: nn.Module, out: Path) -> None:
     """`torch.save` the bare state_dict (EnECG's format) to a temporary name beside `out`, then rename it."""
     out = Path(out)
@@ -337,10 +330,15 @@ def pretrain(
 class ForecasterBackbone(Backbone):
     """A frozen EnECG forecaster as a backbone: the record z-score of `zscore_record`, then the subclass's forward.
 
-    `config` is this checkpoint's: the registered one with the input spec and embedding size of its sizes
+    A subclass declares its model (`net_class`, built with keyword sizes and settings), how a state dict gives
+    its sizes (`read_sizes`), the settings no tensor determines (`read_settings`, from the checkpoint config)
+    and its embedding's size per lead (`lead_features`); `from_checkpoint` then builds it at any checkpoint's
+    size. `config` is this checkpoint's: the registered one with the input spec and embedding size of its sizes
     (equal to the registered one for the published sizes); `checkpoint_config` holds every size and setting
     the model was built with.
     """
+
+    net_class: ClassVar[Callable[..., nn.Module]]
 
     def __init__(self, net: nn.Module, config=None, settings: dict | None = None):
         super().__init__()
@@ -349,5 +347,61 @@ class ForecasterBackbone(Backbone):
             self.config = config
         self.checkpoint_config = dict(settings or {})
 
+    @staticmethod
+    def read_sizes(state: dict, path: Path) -> dict[str, Size]:
+        """Every size the state dict's shapes and keys determine (the subclass's)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def read_settings(sizes: dict[str, Size], settings: dict, where: str, path: Path) -> dict:
+        """The model's other settings, read and checked from the checkpoint config `settings` (from `where`)."""
+        return {}
+
+    @staticmethod
+    def lead_features(settings: dict) -> int:
+        """The embedding's size per lead for a checkpoint's sizes and settings (the subclass's)."""
+        raise NotImplementedError
+
+    @classmethod
+    def load_net(cls, path: Path, config: dict | None = None) -> tuple[nn.Module, dict]:
+        """The model of the checkpoint's own size, every key and shape checked, and every size and setting it
+        was built with, with the series' `sampling_rate` (default seq_len / 10 s).
+
+        The bare state_dict at `path` gives the sizes, checked against the checkpoint config (`config`, else
+        checkpoint_config.json beside the checkpoint), which gives the settings no tensor determines.
+        """
+        state = read_state_dict(path, cls.config.source)
+        settings, where = checkpoint_config(path, config)
+        found = checked_sizes(cls.read_sizes(state, path), settings, where, path)
+        extra = cls.read_settings(found, settings, where, path)
+        rate = sampling_rate(settings, where, found["seq_len"].value)
+        net = load_sized(cls.net_class, state, path, found, **extra)
+        return net, {name: size.value for name, size in found.items()} | extra | {"sampling_rate": rate}
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, config: dict | None = None) -> "ForecasterBackbone":
+        """The backbone at the checkpoint's size (`load_net`): the registered config with the input spec and
+        embedding size of those sizes (the registered config itself at the published ones)."""
+        net, settings = cls.load_net(path, config)
+        spec = series_spec(settings["seq_len"], settings["sampling_rate"])
+        sized = dataclasses.replace(cls.config, spec=spec, embedding_dim=cls.lead_features(settings) * len(spec.leads))
+        return cls(net, sized, settings)
+
     def preprocess(self, signals: np.ndarray) -> np.ndarray:
         return zscore_record(signals)
+
+
+def register(backbone: type[ForecasterBackbone], defaults: dict) -> tuple[Callable[..., Backbone], Callable[..., dict]]:
+    """Register a forecaster's builder (`build(checkpoint, config=None)`: the backbone at the checkpoint's size,
+    `config` replacing checkpoint_config.json) and its pretrainer (`pretrain(signals, out, settings, seed)`:
+    next-sample forecasting on the corpus, `defaults` its settings); returns both."""
+
+    @register_backbone(backbone.config)
+    def build(checkpoint: Path, config: dict | None = None) -> Backbone:
+        return backbone.from_checkpoint(checkpoint, config)
+
+    @register_pretrainer(backbone.config.name)
+    def pretrain_backbone(signals: np.ndarray, out: Path, settings: dict, seed: int) -> dict:
+        return pretrain(backbone.net_class, signals, out, settings, seed, defaults)
+
+    return build, pretrain_backbone

@@ -38,7 +38,6 @@ file, which the repository mirror lacks).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from pathlib import Path
@@ -51,11 +50,8 @@ from torch import nn
 from pipeline.errors import CheckpointError
 from pipeline.stage_one.backbones import (
     LEADS_12,
-    Backbone,
     BackboneConfig,
     forecasting,
-    register_backbone,
-    register_pretrainer,
     windows,
 )
 from pipeline.stage_one.backbones.forecasting import SEQ_LEN
@@ -281,15 +277,8 @@ def sizes(state: dict, path: Path) -> dict[str, forecasting.Size]:
     }
 
 
-def load_sized_timesnet(path: Path, config: dict | None = None) -> tuple[TimesNet, dict]:
-    """EnECG's TimesNet of the checkpoint's own size, every key and shape checked, and its sizes and settings.
-
-    `config` (EnECG Configs attributes) replaces checkpoint_config.json beside the checkpoint; the settings
-    used are `top_k` (default 3) and `sampling_rate` (default seq_len / 10 s).
-    """
-    state = forecasting.read_state_dict(path, CONFIG.source)
-    settings, where = forecasting.checkpoint_config(path, config)
-    found = forecasting.checked_sizes(sizes(state, path), settings, where, path)
+def _settings(found: dict[str, forecasting.Size], settings: dict, where: str, path: Path) -> dict:
+    """`top_k`, which no tensor determines, from the checkpoint config; and the sizes' own consistency."""
     d_model, seq_len, pred_len = found["d_model"], found["seq_len"].value, found["pred_len"].value
     if d_model.value % 2:
         raise CheckpointError(f"checkpoint {path}: {d_model.describe('d_model')} is odd; TimesNet's position table needs an even d_model")
@@ -300,18 +289,17 @@ def load_sized_timesnet(path: Path, config: dict | None = None) -> tuple[TimesNe
         settings, where, "top_k", TOP_K, forecasting.whole(1, frequencies),
         f"a whole number of periods from 1 to {frequencies} (the non-constant frequencies of {seq_len + pred_len} steps)",
     )
-    rate = forecasting.sampling_rate(settings, where, seq_len)
-    net = forecasting.load_sized(TimesNet, state, path, found, top_k=top_k)
-    return net, {name: size.value for name, size in found.items()} | {"top_k": top_k, "sampling_rate": rate}
-
-
-def load_timesnet(path: Path, config: dict | None = None) -> TimesNet:
-    """EnECG's TimesNet from its bare state_dict file at the checkpoint's size, every key and shape checked."""
-    return load_sized_timesnet(path, config)[0]
+    return {"top_k": top_k}
 
 
 class TimesNetBackbone(forecasting.ForecasterBackbone):
+    """TimesNet at a checkpoint's size: every size its tensors and keys determine (`sizes`), `top_k` (default 3)
+    and `sampling_rate` (default seq_len / 10 s) from its checkpoint config."""
+
     config = CONFIG
+    net_class = TimesNet
+    read_sizes = staticmethod(sizes)
+    read_settings = staticmethod(_settings)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         batch, leads, _ = x.shape
@@ -323,29 +311,20 @@ class TimesNetBackbone(forecasting.ForecasterBackbone):
             "forecast": forecast.reshape(batch, -1, leads, forecast.shape[-1]).mean(dim=1).reshape(batch, -1),
         }
 
-
-def backbone_config(settings: dict) -> BackboneConfig:
-    """CONFIG with the input spec and embedding size of a checkpoint's sizes (CONFIG itself at the published ones)."""
-    spec = forecasting.series_spec(settings["seq_len"], settings["sampling_rate"])
-    return dataclasses.replace(CONFIG, spec=spec, embedding_dim=settings["d_model"] * len(spec.leads))
+    @staticmethod
+    def lead_features(settings: dict) -> int:
+        return settings["d_model"]  # the mean final hidden state of the lead's series
 
 
-@register_backbone(CONFIG)
-def build(checkpoint: Path, config: dict | None = None) -> Backbone:
-    """The backbone at the checkpoint's size; `config` replaces checkpoint_config.json (see load_sized_timesnet)."""
-    net, settings = load_sized_timesnet(checkpoint, config)
-    return TimesNetBackbone(net, backbone_config(settings), settings)
-
-
-@register_pretrainer("timesnet")
-def pretrain(signals: np.ndarray, out: Path, settings: dict, seed: int) -> dict:
-    """Next-sample forecasting on the corpus (see `pipeline.stage_one.backbones.forecasting.pretrain`); defaults in PRETRAIN_DEFAULTS."""
-    return forecasting.pretrain(TimesNet, signals, out, settings, seed, PRETRAIN_DEFAULTS)
+# build(checkpoint, config=None): the backbone at the checkpoint's size, `config` (EnECG Configs attributes)
+# replacing checkpoint_config.json; pretrain(signals, out, settings, seed): next-sample forecasting on the corpus
+# (see `pipeline.stage_one.backbones.forecasting.pretrain`), defaults in PRETRAIN_DEFAULTS
+build, pretrain = forecasting.register(TimesNetBackbone, PRETRAIN_DEFAULTS)
 
 
 def parity_outputs(fixture_dir: Path) -> dict[str, np.ndarray]:
     """EnECG's forward [B, pred_len, c_out] and `inference_timesnet` features, batched and one series at a time."""
-    net = load_timesnet(fixture_dir / "checkpoint.pth").eval()
+    net = TimesNetBackbone.load_net(fixture_dir / "checkpoint.pth")[0].eval()
     x = torch.from_numpy(np.load(fixture_dir / "input.npy"))  # [B, L, 1]: one lead
     series = x[..., 0]
     with torch.no_grad():
