@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline.seeding import seeded
-from pipeline.stage_two.losses import head_loss, to_prediction
+from pipeline.stage_two.losses import head_loss, standardisation, to_prediction
 from pipeline.stage_two.probe import fit_probe
 from pipeline.stage_two.training import fit, validation_split
 from pipeline.tasks import Task
@@ -104,8 +104,9 @@ def fit_head(task: Task, embeddings: np.ndarray, target: np.ndarray, subjects: n
         head.x_std.copy_(robust_std(x[train]))
         y = torch.from_numpy(np.asarray(target))
         if task.type == "regression":
-            head.y_mean.fill_(float(y[train].mean()))
-            head.y_std.fill_(float(y[train].std().clamp_min(1e-6)) if len(train) > 1 else 1.0)
+            mean, std = standardisation(y[train])
+            head.y_mean.fill_(mean)
+            head.y_std.fill_(std)
             y = (y - head.y_mean[0]) / head.y_std[0]
         with torch.no_grad():
             if settings.get("probe", True):

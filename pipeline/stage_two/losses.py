@@ -7,6 +7,12 @@ import torch
 from pipeline.tasks import Task
 
 
+def standardisation(y: torch.Tensor) -> tuple[float, float]:
+    """(mean, std) of the training rows' regression target, which heads and post-trained networks learn
+    standardised; the std floored at 1e-6, and 1 for a single row."""
+    return float(y.mean()), (float(y.std().clamp_min(1e-6)) if len(y) > 1 else 1.0)
+
+
 def head_loss(task: Task, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Training loss on a head's raw outputs (logits, or the standardised value for regression)."""
     if task.type == "regression":

@@ -35,7 +35,7 @@ from pipeline.errors import ManifestError
 from pipeline.progress import progress_bar
 from pipeline.seeding import seeded
 from pipeline.stage_two.dataset import TaskData
-from pipeline.stage_two.losses import head_loss, to_prediction
+from pipeline.stage_two.losses import head_loss, standardisation, to_prediction
 from pipeline.stage_two.probe import fit_probe
 from pipeline.stage_two.training import fit, one_thread, validation_split
 
@@ -106,7 +106,7 @@ def post_train(data: TaskData, net: nn.Module, inputs: np.ndarray, rows: np.ndar
     y = torch.from_numpy(np.asarray(data.target[rows]))
     scaling = (0.0, 1.0)
     if task.type == "regression":
-        scaling = (float(y[fitted].mean()), float(y[fitted].std().clamp_min(1e-6)) if len(fitted) > 1 else 1.0)
+        scaling = standardisation(y[fitted])
         y = (y - scaling[0]) / scaling[1]
 
     def predictions(selection: np.ndarray) -> np.ndarray:
