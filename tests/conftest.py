@@ -24,3 +24,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items):
+    """The slow files first: with the suite spread over the cores (pytest-xdist, one file per worker at a time),
+    the longest file then runs beside the quick ones instead of alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -19,6 +19,8 @@ import yaml
 
 from pipeline.stage_one.demo import make_demo_corpus
 
+pytestmark = pytest.mark.slow  # every `dvc repro` starts a process per stage: minutes in all
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

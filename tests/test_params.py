@@ -67,6 +67,14 @@ def test_bad_params_name_the_key_and_what_was_expected(edit, message):
         validate(changed(edit))
 
 
+def test_a_100_hz_corpus_keeps_the_published_post_training_size_listed():
+    """Only the size that runs must fit in the corpus's rate (the PTB-XL benchmark: 100 Hz, size cpu)."""
+    at_100_hz = lambda p: p["prepare"].update(sampling_rate=100)  # noqa: E731
+    validate(changed(at_100_hz))
+    with pytest.raises(ManifestError, match=r"post_train\.sizes\.published\.sampling_rate: expected a number in \(80, 100\]"):
+        validate(changed(lambda p: (at_100_hz(p), p["post_train"].update(size="published"))))
+
+
 def test_fold_split_with_integer_lists_is_accepted():
     validate(changed(lambda p: p["split"].update(method="fold", train_folds=[1, 2, 3, 4, 5, 6, 7, 8], test_folds=[10])))
 
