@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import RidgeCV
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import mean_absolute_error, roc_auc_score
 
 from pipeline.stage_two.gate import Gate, expert_features, fit_gate, gate_weights
 from pipeline.stage_two.heads import cached_forward, fit_head, frozen_parts, predict
 from pipeline.stage_two.moe import gate_variants, moe_predict
 from pipeline.stage_two.probe import ALPHAS, fit_probe
+from pipeline.stage_two.training import validation_split
 from pipeline.seeding import seeded
 from pipeline.tasks import Task
 
@@ -66,17 +67,38 @@ def test_classification_probe_gives_calibrated_logits(kind):
     np.testing.assert_allclose(probability.mean(0)[: truth.shape[1] - (kind == "multilabel")], truth.mean(0)[: truth.shape[1] - (kind == "multilabel")], atol=0.08)
 
 
+def test_a_probe_never_ranks_against_its_training_labels():
+    """Labels the embedding says nothing about: the probe is the prior or ranks with the labels, never against
+    them (a negative Platt slope on leave-one-out scores would flip it)."""
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((2000, 12))
+    y = (rng.random((2000, 8)) < 0.1).astype(float)  # independent of z
+    weight, bias = fit_probe(TASKS["multilabel"], z, y)
+    for label in range(y.shape[1]):
+        assert not weight[label].any() or roc_auc_score(y[:, label], z @ weight[label]) > 0.5
+
+
 @pytest.mark.parametrize("kind", list(TASKS))
 def test_head_starts_at_its_probe_and_ends_no_worse_on_held_out_subjects(kind):
+    """...in the primary metric (AUROC or MAE), recomputed here with scikit-learn on the held-out subjects."""
     task = TASKS[kind]
     x, y, subjects = synthetic(kind)
     untrained = fit_head(task, x, y, subjects, {**HEADS, "epochs": 0}, seed=1)
     np.testing.assert_allclose(predict(task, untrained.model, x), predict(task, untrained.probe, x), atol=1e-6)
     fitted = fit_head(task, x, y, subjects, HEADS, seed=1)
-    validation = fitted.history["validation"]
-    assert len(validation) == len(fitted.history["train"]) + 1  # the start is scored, then every epoch
-    assert min(validation) <= validation[0]
+    history = fitted.history
+    assert len(history["validation"]) == len(history["score"]) == len(history["train"]) + 1  # the start, then every epoch
     np.testing.assert_allclose(predict(task, fitted.probe, x), predict(task, untrained.probe, x), atol=1e-6)
+    _, held_out = validation_split(subjects, HEADS["val_fraction"], 1)
+    head, probe = (predict(task, model, x[held_out]) for model in (fitted.model, fitted.probe))
+    if task.type == "regression":
+        assert mean_absolute_error(y[held_out], head) <= mean_absolute_error(y[held_out], probe) + 1e-6
+        return
+    truth = np.eye(3)[y[held_out]] if kind == "multiclass" else y[held_out].reshape(len(held_out), -1)
+    varied = [k for k in range(truth.shape[1]) if 0 < truth[:, k].sum() < len(truth)]
+    auroc = lambda p: roc_auc_score(truth[:, varied], p.reshape(len(held_out), -1)[:, varied], average="macro")  # noqa: E731
+    assert auroc(head) >= auroc(probe) - 1e-6
+    assert -min(history["score"]) == pytest.approx(auroc(head), abs=1e-6)
 
 
 @pytest.mark.parametrize("layers", [[0, 2, 4], [2, 4]])
@@ -84,7 +106,7 @@ def test_training_forward_from_the_frozen_parts_equals_the_model(layers):
     """Training's cached forward is the peft model's own forward, with trained (non-zero) adapters and with dropout."""
     task = TASKS["multilabel"]
     x, y, subjects = synthetic("multilabel")
-    settings = {**HEADS, "epochs": 3, "lora": {**HEADS["lora"], "dropout": 0.2, "target_layers": layers}}
+    settings = {**HEADS, "epochs": 3, "val_fraction": 0.0, "lora": {**HEADS["lora"], "dropout": 0.2, "target_layers": layers}}
     model = fit_head(task, x, y, subjects, settings, seed=0).model
     assert all(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
     inputs = torch.from_numpy(x)

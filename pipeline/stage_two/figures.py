@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pipeline.stage_two.plot_data import BY_CLASS, OVER_RECORDS, areas
+from pipeline.stage_two.plot_data import BY_CLASS, OVER_RECORDS, areas, kept_epoch
 from pipeline.tasks import Task
 
 PANEL = 3.1  # inches per panel
@@ -256,7 +256,7 @@ def gate_figure(task: Task, rows: list[dict], experts: list[str]) -> Figure:
 def training_figure(task: Task, histories: dict[str, dict[str, dict[str, list[float]]]]) -> Figure:
     """Training curves: one panel per expert (its fold heads overlaid) and one for the gate (its variants);
     train (blue) and held-out (orange) loss per epoch, the held-out loss from epoch 0 (before training), each
-    curve's best held-out epoch dotted."""
+    curve's kept epoch dotted."""
     owners = list(histories)
     figure, axes = _grid(len(owners), height=PANEL * 0.85)
     for index, owner in enumerate(owners):
@@ -268,7 +268,7 @@ def training_figure(task: Task, histories: dict[str, dict[str, dict[str, list[fl
             ax.plot(range(1, len(train) + 1), train, color="tab:blue", alpha=shade, linewidth=1.1, label="train" if c == 0 else None)
             if validation:
                 ax.plot(range(len(validation)), validation, color="tab:orange", alpha=shade, linewidth=1.1, label="held-out" if c == 0 else None)
-                best = int(np.nanargmin(validation))
+                best = kept_epoch(history)
                 ax.plot([best], [validation[best]], "o", color="tab:orange", markersize=3.5)
         what = ("gate variant" if owner == "gate" else "fold head") + ("s" if len(curves) > 1 else "")
         ax.set(title=f"{owner} ({len(curves)} {what})", xlabel="epoch", ylabel="loss")

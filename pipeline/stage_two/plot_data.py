@@ -295,6 +295,12 @@ def training_histories(task: str, experts: list[str]) -> dict[str, dict[str, dic
     return {owner: curves for owner, curves in found.items() if curves}
 
 
+def kept_epoch(history: dict[str, list[float]]) -> int:
+    """The epoch whose weights training kept (0: the start): the lowest held-out score where one was recorded
+    (see pipeline.stage_two.training.fit), else the lowest held-out loss."""
+    return int(np.nanargmin(history.get("score") or history["validation"]))
+
+
 def training_rows(histories: dict[str, dict[str, list[float]]]) -> list[dict]:
     """Training curves as rows (`group`: the fold or gate variant, `series`: train or validation, `epoch`, `loss`).
     A history's validation[0] is the held-out loss before the first epoch (epoch 0); train[i] is epoch i + 1."""

@@ -48,6 +48,7 @@ def fit(
     device: torch.device | None = None,
     eval_batch_size: int | None = None,
     on_step: Callable[[], None] | None = None,
+    score: Callable[[torch.nn.Module, np.ndarray], float] | None = None,
 ) -> dict[str, list[float]]:
     """Train the model's trainable parameters with AdamW; `loss(model, *batch)` sees one minibatch.
 
@@ -57,6 +58,10 @@ def fit(
     that starts from something good (a probe, the plain mean) never ends worse than it on held-out subjects.
     Returns {"train": [...], "validation": [...]} losses per epoch (validation[0] is the start). The batch
     order comes from a generator seeded with `seed`, so the same data and seed give the same weights on the CPU.
+
+    `score(model, validation)` (lower is better), when given, is what early stopping and the kept weights follow
+    instead of the held-out loss, e.g. minus the held-out AUROC: a loss can keep falling while the ranking that
+    is reported gets worse. Its values per epoch are returned as history["score"].
 
     For a large model (post-training a CNN): `lr_schedule(step)` multiplies the learning rate at every
     optimiser step (e.g. warm-up then cosine); `device` is where the model lives, each minibatch is moved
@@ -76,19 +81,23 @@ def fit(
         with autocast:
             return loss(model, *(tensor[positions].to(device, non_blocking=True) for tensor in inputs)).float()
 
-    def validation_loss() -> float:
+    def held_out() -> float:
+        """Record the held-out loss (and score) of the model as it is now; return what selection minimises."""
         model.eval()
         size = eval_batch_size or len(validation)
         with torch.no_grad():
             total = sum(float(batch_loss(validation[s : s + size])) * len(validation[s : s + size]) for s in range(0, len(validation), size))
-        return total / len(validation)
+            history["validation"].append(total / len(validation))
+            if score is None:
+                return history["validation"][-1]
+            history["score"].append(float(score(model, validation)))
+            return history["score"][-1]
 
-    history = {"train": [], "validation": []}
+    history = {"train": [], "validation": [], **({"score": []} if score else {})}
     best, best_state, waited = float("inf"), None, 0
     if len(validation):
-        best = validation_loss()
+        best = held_out()
         best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
-        history["validation"].append(best)
     for _ in range(int(settings["epochs"])):
         model.train()
         order = torch.from_numpy(train)[torch.randperm(len(train), generator=generator)]
@@ -106,8 +115,7 @@ def fit(
             total += float(value.detach()) * len(batch)
         history["train"].append(total / max(len(order), 1))
         if len(validation):
-            current = validation_loss()
-            history["validation"].append(current)
+            current = held_out()
             if current < best - 1e-6:
                 best, waited = current, 0
                 best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}

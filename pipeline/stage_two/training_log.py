@@ -6,8 +6,8 @@ validation[0] being the held-out loss before the first epoch); a stage hands the
   DIR/plots/custom/NAME.json, drawn by dvc.yaml with the `enecg_training` template (a panel per fold or
   variant, a line per split);
 - the summary, DIR/metrics.json (DVC metrics), kept to a few columns so `dvc exp show` stays readable: for an
-  expert's heads, the mean over its folds of the epochs trained and of the best held-out loss, and the worst
-  fold's best held-out loss; for the gates, under gates.TASK.VARIANT, each variant's epochs and best held-out
+  expert's heads, the mean over its folds of the epochs trained and of the held-out loss of the kept weights, and the worst
+  fold's; for the gates, under gates.TASK.VARIANT, each variant's epochs and held-out
   loss. Every fold's own numbers are in the curves (and heads/TASK/BACKBONE/meta.json).
 
 DVCLive writes no dvc.yaml (dvc.yaml declares these files), saves no experiment of its own and makes no
@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from pipeline.stage_two.plot_data import training_rows
+from pipeline.stage_two.plot_data import kept_epoch, training_rows
 
 HEADS_LOG = Path("dvclive/heads")
 GATES_LOG = Path("dvclive/gates")
@@ -30,9 +30,8 @@ def heads_log_dir(task: str, backbone: str) -> Path:
 
 
 def best_loss(history: dict[str, list[float]]) -> float:
-    """The lowest held-out loss of a curve, the starting point included (NaN where none was recorded)."""
-    validation = [v for v in history.get("validation", []) if math.isfinite(v)]
-    return min(validation) if validation else float("nan")
+    """The held-out loss of the kept weights (see `kept_epoch`; NaN where none was recorded)."""
+    return history["validation"][kept_epoch(history)] if history.get("validation") else float("nan")
 
 
 def heads_summary(histories: dict[str, dict[str, list[float]]]) -> dict[str, float | int]:
