@@ -123,23 +123,23 @@ def fit_head(task: Task, embeddings: np.ndarray, target: np.ndarray, subjects: n
         model.get_base_model().bias.requires_grad_(True)
         inputs = (*frozen_parts(model, x), y)
         history = fit(model, inputs, lambda m, *batch: head_loss(task, cached_forward(m, *batch[:-1]), batch[-1]), settings, seed,
-                      (train, validation), score=held_out_score(task, inputs))
+                      (train, validation), score=held_out_score(task, inputs, validation))
     return FittedHead(model, probe, history)
 
 
-def held_out_score(task: Task, inputs: tuple[torch.Tensor, ...]):
+def held_out_score(task: Task, inputs: tuple[torch.Tensor, ...], validation: np.ndarray):
     """Early stopping's criterion for a head: its primary metric (minus macro AUROC, or MAE) on the held-out rows.
 
     The metric the benchmark reports, not the loss: on PTB-XL's `form` statements (18 labels, few positives)
     the held-out BCE kept improving while the macro AUROC fell below the probe's (test AUROC 0.799 vs 0.822).
-    A held-out set with no label of both values has no AUROC: the loss decides there (score None).
+    No held-out rows, or none with a label of both values (no AUROC): None, and the held-out loss decides.
     """
     metric, higher_is_better = primary_metric(task)
     target = inputs[-1].numpy()
+    if not len(validation) or (task.type != "regression" and not len(fixed_labels(task, target[validation]))):
+        return None
 
     def score(model: PeftModel, rows: np.ndarray) -> float:
-        if task.type != "regression" and not len(fixed_labels(task, target[rows])):
-            return float(head_loss(task, cached_forward(model, *(t[rows] for t in inputs[:-1])), inputs[-1][rows]))
         prediction = to_prediction(task, cached_forward(model, *(t[rows] for t in inputs[:-1]))).numpy()
         value = compute_metrics(task, target[rows], prediction)[metric]
         return -value if higher_is_better else value

@@ -6,9 +6,9 @@ validation[0] being the held-out loss before the first epoch); a stage hands the
   DIR/plots/custom/NAME.json, drawn by dvc.yaml with the `enecg_training` template (a panel per fold or
   variant, a line per split);
 - the summary, DIR/metrics.json (DVC metrics), kept to a few columns so `dvc exp show` stays readable: for an
-  expert's heads, the mean over its folds of the epochs trained and of the held-out loss of the kept weights, and the worst
-  fold's; for the gates, under gates.TASK.VARIANT, each variant's epochs and held-out
-  loss. Every fold's own numbers are in the curves (and heads/TASK/BACKBONE/meta.json).
+  expert's heads, the mean over its folds of the epochs trained and of the held-out loss of the kept weights,
+  and the worst fold's; for the gates, under gates.TASK.VARIANT, each variant's epochs and held-out loss. Every
+  fold's own numbers are in the curves (and heads/TASK/BACKBONE/meta.json).
 
 DVCLive writes no dvc.yaml (dvc.yaml declares these files), saves no experiment of its own and makes no
 report: `dvc exp run` / `dvc repro` already do that work.
