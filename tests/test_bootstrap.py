@@ -15,6 +15,7 @@ from pipeline.stage_two.metrics import (
     fixed_labels,
     per_label_auroc,
     primary_metric,
+    primary_value,
     roc_auc,
     subject_counts,
     weighted_auroc_ap,
@@ -277,6 +278,19 @@ def test_best_expert_and_primary_metric():
     assert best_expert(BINARY, np.ones(4), experts) == "weak"  # AUROC undefined for all: the first in order
     with pytest.raises(ValueError):
         best_expert(BINARY, labels, {})
+
+
+@pytest.mark.parametrize("task", [BINARY, MULTICLASS, MULTILABEL, REGRESSION], ids=lambda t: t.type)
+def test_primary_value_is_the_reported_primary_metric(task):
+    """Early stopping's cheap metric equals what compute_metrics reports (ties, an absent class, an all-negative label)."""
+    rng = np.random.default_rng(5)
+    if task.type == "regression":
+        truth = rng.normal(size=80)
+        prediction = (truth + rng.normal(size=80))[:, None]
+    else:
+        truth, prediction = classification_data(task, rng, 80)
+    metric, _ = primary_metric(task)
+    assert primary_value(task, truth, prediction) == pytest.approx(compute_metrics(task, truth, prediction)[metric], abs=TOL)
 
 
 def test_inputs_that_do_not_fit_are_refused():

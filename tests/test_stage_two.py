@@ -98,7 +98,22 @@ def test_head_starts_at_its_probe_and_ends_no_worse_on_held_out_subjects(kind):
     varied = [k for k in range(truth.shape[1]) if 0 < truth[:, k].sum() < len(truth)]
     auroc = lambda p: roc_auc_score(truth[:, varied], p.reshape(len(held_out), -1)[:, varied], average="macro")  # noqa: E731
     assert auroc(head) >= auroc(probe) - 1e-6
-    assert -min(history["score"]) == pytest.approx(auroc(head), abs=1e-6)
+    assert auroc(head) >= -min(history["score"]) - 1e-6  # the kept epoch's score, or better where labels went back to the probe
+
+
+def test_labels_whose_correction_does_not_help_on_held_out_subjects_keep_their_probe_exactly():
+    task = TASKS["multilabel"]
+    x, y, subjects = synthetic("multilabel")
+    y[:, 1] = (x[:, 2] - 5) * (x[:, 3] - 5) > 0  # a nonlinear label (XOR of two features) only the correction can rank
+    _, held_out = validation_split(subjects, HEADS["val_fraction"], 1)
+    y[np.setdiff1d(np.arange(len(y)), held_out)[:3], 3] = 1  # label 3: three training positives, none held out
+    fitted = fit_head(task, x, y, subjects, {**HEADS, "epochs": 40, "patience": 10}, seed=1)
+    reverted = fitted.history["probe_labels"]
+    head, probe = (predict(task, model, x) for model in (fitted.model, fitted.probe))
+    assert 3 in reverted and 1 not in reverted
+    np.testing.assert_allclose(head[:, reverted], probe[:, reverted], atol=1e-6)
+    for label in sorted(set(range(4)) - set(reverted)):
+        assert roc_auc_score(y[held_out, label], head[held_out, label]) > roc_auc_score(y[held_out, label], probe[held_out, label])
 
 
 @pytest.mark.parametrize("layers", [[0, 2, 4], [2, 4]])
@@ -200,6 +215,27 @@ def test_gate_variants_and_constant_gate():
     gate, _ = fit_gate(task, leads, features, experts, target, np.arange(len(target)), {**GATE, "epochs": 100, "lr": 0.05, "patience": 20}, 1.0, [])
     weights = gate_weights(gate, leads, features)
     assert np.ptp(weights, axis=0).max() < 1e-6 and weights[0, 0] > 0.8
+
+
+def test_gate_early_stops_on_the_held_out_auroc_and_scores_its_start():
+    """A classification gate follows the held-out macro AUROC of its mixture (history["score"], the plain mean first)
+    and keeps no weights whose held-out AUROC is below the plain mean's."""
+    leads, _, _, kind = gate_data(n=400)
+    rng = np.random.default_rng(2)
+    label = (rng.random(400) < 0.3).astype(np.float32)
+    sharp, vague = np.clip(label * 0.6 + rng.random(400) * 0.4, 0.01, 0.99), rng.random(400) * 0.98 + 0.01
+    experts = np.where(kind[:, None] == 1, np.stack([sharp, vague], 1), np.stack([vague, sharp], 1))[:, :, None].astype(np.float32)
+    task = TASKS["binary"]
+    features = expert_features(task, experts, 1.0)
+    settings = {**GATE, "epochs": 30, "patience": 10}
+    gate, history = fit_gate(task, leads, features, experts, label, np.arange(400), settings, 1.0, ["leads"])
+    _, held_out = validation_split(np.arange(400), settings["val_fraction"], settings["seed"])
+    mixture = (gate_weights(gate, leads, features)[:, :, None] * experts).sum(1)[held_out, 0]
+    plain = experts.mean(1)[held_out, 0]
+    assert len(history["score"]) == len(history["train"]) + 1
+    assert -history["score"][0] == pytest.approx(roc_auc_score(label[held_out], plain), abs=1e-6)
+    assert roc_auc_score(label[held_out], mixture) == pytest.approx(-min(history["score"]), abs=1e-6)
+    assert -min(history["score"]) > -history["score"][0] + 0.05  # the lead tells which expert is the sharp one
 
 
 def test_moe_gates_each_fold_model_and_averages_the_mixtures():

@@ -8,7 +8,9 @@
   the training rows' signal std): amplitude is part of what tells records apart.
 - The experts' outputs (logits for classification, values in target-std units for regression) may be
   inputs too; `inputs` chooses [leads], [outputs], both, or none (a learned constant weighting).
-- The output layer starts at zero, so the gate starts as the plain mean, and early stopping scores that start.
+- The output layer starts at zero, so the gate starts as the plain mean, and early stopping scores that start
+  in the task's primary metric (macro AUROC, or MAE; training.held_out_score), as the heads' does: the
+  mixture's likelihood can keep improving while its ranking, what is reported, gets worse.
 
 The ensemble prediction is the weighted sum of the experts' predictions (values for regression, probabilities
 otherwise: a proper mixture). The gate is trained on predictions no expert trained on (out-of-fold).
@@ -23,7 +25,7 @@ from torch import nn
 from pipeline.ecg import resample
 from pipeline.seeding import seeded
 from pipeline.stage_two.losses import prediction_loss
-from pipeline.stage_two.training import fit, validation_split
+from pipeline.stage_two.training import fit, held_out_score, validation_split
 from pipeline.tasks import Task
 
 
@@ -106,13 +108,16 @@ def fit_gate(
         gate.lead_scale.fill_(float(lead_tensor[split[0]].std()) or 1.0)
         gate.out_mean.copy_(feature_tensor[split[0]].mean(0))
         gate.out_std.copy_(feature_tensor[split[0]].std(0).clamp_min(1e-3) if len(split[0]) > 1 else torch.ones(features.shape[1]))
+        expert_tensor = torch.from_numpy(experts.astype(np.float32))
+        mixture = lambda g, rows: combine(g(lead_tensor[rows], feature_tensor[rows]), expert_tensor[rows]).numpy()  # noqa: E731
         history = fit(
             gate,
-            (lead_tensor, feature_tensor, torch.from_numpy(experts.astype(np.float32)), torch.from_numpy(target)),
+            (lead_tensor, feature_tensor, expert_tensor, torch.from_numpy(target)),
             lambda g, lb, fb, eb, yb: prediction_loss(task, combine(g(lb, fb), eb), yb, scale),
             settings,
             seed,
             split,
+            score=held_out_score(task, target, split[1], mixture),
         )
     return gate, history
 

@@ -317,6 +317,16 @@ def compute_metrics(task: Task, target: np.ndarray, prediction: np.ndarray, samp
     return {name: float(value[0]) for name, value in weighted_metrics(task, target, prediction, sample_weight).items()}
 
 
+def primary_value(task: Task, target: np.ndarray, prediction: np.ndarray, labels: np.ndarray | None = None) -> float:
+    """The primary metric alone, the cheap way (what early stopping asks for every epoch): MAE, or the macro
+    AUROC over `labels` (default: the labels with both values in `target`); equal to compute_metrics' value."""
+    if task.type == "regression":
+        return float(np.mean(np.abs(np.asarray(prediction, dtype=float).reshape(-1) - np.asarray(target, dtype=float).reshape(-1))))
+    truth, score, _ = _columns(task, target, prediction)
+    labels = fixed_labels(task, target) if labels is None else labels
+    return float(np.mean([roc_auc(score[:, k], truth[:, k]) for k in labels])) if len(labels) else float("nan")
+
+
 def per_label_auroc(task: Task, target: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
     """AUROC of each class/label (one-vs-rest), NaN where a class has one value only."""
     truth, score, _ = _columns(task, target, prediction)

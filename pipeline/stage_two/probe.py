@@ -4,7 +4,11 @@ A probe is one linear map of the standardised embedding to the head's raw output
 for regression, logits otherwise), fitted in closed form on the fold's training rows only:
 
 - ridge regression (scikit-learn `RidgeCV`), its penalty chosen per target by efficient leave-one-out
-  cross-validation on those rows (a grid of ALPHAS);
+  cross-validation on those rows (a grid of ALPHAS): by squared error for a regression target, by AUROC for a
+  binary label, the metric that is reported. By squared error a rare label's best penalty is often the
+  largest, which shrinks it to its intercept and leaves nothing to rank with (PTB-XL subclass, MiniRocket:
+  2 of 22 labels of every fold fell back to the prior below, each fold probe's test macro AUROC 0.877-0.886;
+  by AUROC 1 label in all three folds, 0.881-0.908);
 - for classification the ridge scores are then mapped to logits by a logistic regression on their
   leave-one-out values (per label for binary/multilabel, multinomial over the class scores for multiclass;
   Platt scaling), so the probe is calibrated without ever seeing its own fit. The composition is still one
@@ -32,9 +36,9 @@ from pipeline.tasks import Task
 ALPHAS = np.logspace(-1, 6, 15)
 
 
-def _ridge(z: np.ndarray, y: np.ndarray, per_target: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(coef [K, D], intercept [K], leave-one-out predictions [N, K]) of ridge with the penalty chosen by LOO."""
-    ridge = RidgeCV(alphas=ALPHAS, alpha_per_target=per_target, store_cv_results=True, scoring="neg_mean_squared_error").fit(z, y)
+def _ridge(z: np.ndarray, y: np.ndarray, per_target: bool, scoring: str = "neg_mean_squared_error") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coef [K, D], intercept [K], leave-one-out predictions [N, K]) of ridge with the penalty chosen by LOO `scoring`."""
+    ridge = RidgeCV(alphas=ALPHAS, alpha_per_target=per_target, store_cv_results=True, scoring=scoring).fit(z, y)
     chosen = np.searchsorted(ALPHAS, np.broadcast_to(ridge.alpha_, (y.shape[1],)))
     loo = ridge.cv_results_[:, np.arange(y.shape[1]), chosen]
     return np.atleast_2d(ridge.coef_), np.atleast_1d(ridge.intercept_), loo
@@ -65,7 +69,7 @@ def _fit_probe(task: Task, z: np.ndarray, target) -> tuple[np.ndarray, np.ndarra
     weight, bias = np.zeros((y.shape[1], z.shape[1])), _prior_logit(y)
     varied = np.flatnonzero((y.min(0) != y.max(0)))
     if len(varied):
-        coef, intercept, loo = _ridge(z, y[:, varied], per_target=True)
+        coef, intercept, loo = _ridge(z, y[:, varied], per_target=True, scoring="roc_auc")
         for position, label in enumerate(varied):
             slope, offset = _platt(loo[:, [position]], y[:, label].astype(int))
             if slope[0, 0] <= 0:  # no signal: see the module's docstring
