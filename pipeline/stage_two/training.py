@@ -7,8 +7,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from sklearn.model_selection import GroupShuffleSplit
 
+from pipeline.splits import hold_out_subjects
 from pipeline.stage_two.metrics import fixed_labels, primary_metric, primary_value
 from pipeline.tasks import Task
 
@@ -31,12 +31,11 @@ def one_thread() -> Iterator[None]:
 
 
 def validation_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) positions with no subject on both sides; no validation when there are too few subjects."""
+    """(train, validation) positions with no subject on both sides; no validation when there are fewer than 4 subjects."""
     positions = np.arange(len(groups))
-    if fraction <= 0 or len(set(groups)) < 4:
+    if len(set(groups)) < 4:
         return positions, positions[:0]
-    train, validation = next(GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed).split(positions, groups=groups))
-    return np.sort(train), np.sort(validation)
+    return hold_out_subjects(positions, np.asarray(groups), fraction, seed)
 
 
 def held_out_score(task: Task, target: np.ndarray, validation: np.ndarray, predict: Callable[[torch.nn.Module, np.ndarray], np.ndarray]):
