@@ -449,8 +449,9 @@ def write_report(work: Path, tasks: list[str], times: dict, manifest_s: float, u
         "fold; a resample in which one of them has no positive is dropped for every candidate), or MAE in years "
         "for age, with 95% percentile intervals from resampling test subjects. `probe:B` = the closed-form "
         "linear probe on backbone B's embedding that each head starts from; `expert:B` = probe + LoRA FFN "
-        "correction (mean of the 3 fold heads); plain mean = the experts' unweighted mean; MoE = the gate on "
-        "lead II and the experts' outputs. MoE - best expert and MoE - mean are paired differences from the same "
+        "correction (mean of the 3 fold heads); plain mean = the experts mixed with equal weights (the gate's "
+        "start); MoE = the gate on lead II and the experts' outputs, a weighted sum of the experts' logits (values "
+        "for age). MoE - best expert and MoE - mean are paired differences from the same "
         "resamples (the best expert is chosen on the test rows, which flatters it).",
         "",
         *results_table(reports),

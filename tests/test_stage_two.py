@@ -6,7 +6,7 @@ import torch
 from sklearn.linear_model import RidgeCV
 from sklearn.metrics import mean_absolute_error, roc_auc_score
 
-from pipeline.stage_two.gate import Gate, expert_features, fit_gate, gate_weights
+from pipeline.stage_two.gate import Gate, combine, expert_features, fit_gate, gate_weights, plain_mean
 from pipeline.stage_two.heads import cached_forward, fit_head, frozen_parts, predict
 from pipeline.stage_two.moe import gate_variants, moe_predict
 from pipeline.stage_two.probe import ALPHAS, fit_probe
@@ -230,12 +230,28 @@ def test_gate_early_stops_on_the_held_out_auroc_and_scores_its_start():
     settings = {**GATE, "epochs": 30, "patience": 10}
     gate, history = fit_gate(task, leads, features, experts, label, np.arange(400), settings, 1.0, ["leads"])
     _, held_out = validation_split(np.arange(400), settings["val_fraction"], settings["seed"])
-    mixture = (gate_weights(gate, leads, features)[:, :, None] * experts).sum(1)[held_out, 0]
-    plain = experts.mean(1)[held_out, 0]
+    mixture = combine(task, torch.from_numpy(gate_weights(gate, leads, features)), torch.from_numpy(experts)).numpy()[held_out, 0]
+    plain = plain_mean(task, experts)[held_out, 0]
     assert len(history["score"]) == len(history["train"]) + 1
     assert -history["score"][0] == pytest.approx(roc_auc_score(label[held_out], plain), abs=1e-6)
     assert roc_auc_score(label[held_out], mixture) == pytest.approx(-min(history["score"]), abs=1e-6)
     assert -min(history["score"]) > -history["score"][0] + 0.05  # the lead tells which expert is the sharp one
+
+
+def test_experts_are_mixed_in_logits_so_a_small_weight_on_a_weak_expert_keeps_the_ranking():
+    rng = np.random.default_rng(0)
+    strong = 1 / (1 + np.exp(-rng.normal(-7, 1.5, (500, 1))))  # a rare label: probabilities ~1e-3
+    weak = 1 / (1 + np.exp(-rng.normal(-4.5, 0.05, (500, 1))))  # ~1e-2, nearly constant
+    experts = torch.from_numpy(np.stack([strong, weak], 1))
+    weights = torch.tensor([[0.99, 0.01]], dtype=torch.float64).expand(500, -1)
+    mixed = combine(TASKS["multilabel"], weights, experts).numpy()
+    assert np.corrcoef(np.argsort(np.argsort(mixed[:, 0])), np.argsort(np.argsort(strong[:, 0])))[0, 1] > 0.999
+    logits = lambda p: np.log(p / (1 - p))  # noqa: E731
+    np.testing.assert_allclose(logits(mixed), 0.99 * logits(strong) + 0.01 * logits(weak), rtol=1e-9)
+    classes = torch.softmax(torch.randn(500, 2, 3, dtype=torch.float64), dim=-1)
+    multiclass = combine(TASKS["multiclass"], weights, classes)
+    torch.testing.assert_close(multiclass, torch.softmax(0.99 * classes[:, 0].log() + 0.01 * classes[:, 1].log(), dim=-1))
+    assert np.allclose(plain_mean(TASKS["regression"], experts.numpy()), experts.numpy().mean(1))
 
 
 def test_moe_gates_each_fold_model_and_averages_the_mixtures():

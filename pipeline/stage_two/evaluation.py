@@ -1,7 +1,7 @@
 """Stage two, last step: every candidate on the held-out test subjects, with subject-level bootstrap statistics.
 
 Candidates: each expert's probe (`probe:B`, the linear probe its heads started from), each expert (`expert:B`,
-the mean of its k fold heads), their plain mean (`mean`), the MoE (`moe`) and any gate ablations
+the mean of its k fold heads), their plain mean (`mean`: equal weights, mixed as the gate mixes), the MoE (`moe`) and any gate ablations
 (`moe:constant`, ...). The ensemble is judged by paired differences from the same resamples: `moe-best`
 (MoE minus the best single expert on these rows, the conservative choice) and `moe-mean`.
 """
@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline.layout import gate_dir
 from pipeline.stage_two.dataset import TaskData
+from pipeline.stage_two.gate import plain_mean
 from pipeline.stage_two.metrics import best_expert, evaluate_candidates, per_label_auroc
 from pipeline.stage_two.moe import gate_lead_signals, load_gates, moe_predict
 from pipeline.stage_two.plot_data import class_groups
@@ -32,7 +33,7 @@ def test_candidates(data: TaskData) -> Tested:
     experts, probes = test_folds.mean(axis=0), probe_folds.mean(axis=0)
     candidates = {f"probe:{name}": probes[:, e] for e, name in enumerate(backbones)}
     candidates |= {f"expert:{name}": experts[:, e] for e, name in enumerate(backbones)}
-    candidates["mean"] = experts.mean(axis=1)
+    candidates["mean"] = np.mean([plain_mean(data.task, fold) for fold in test_folds], axis=0)  # the gates' start, mixed as they mix
     leads = gate_lead_signals(data.corpus, data.test, config["settings"])
     weights = {}
     for name, gate in gates.items():

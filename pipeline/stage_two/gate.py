@@ -12,8 +12,8 @@
   in the task's primary metric (macro AUROC, or MAE; training.held_out_score), as the heads' does: the
   mixture's likelihood can keep improving while its ranking, what is reported, gets worse.
 
-The ensemble prediction is the weighted sum of the experts' predictions (values for regression, probabilities
-otherwise: a proper mixture). The gate is trained on predictions no expert trained on (out-of-fold).
+The ensemble prediction is the weighted sum of the experts' raw outputs (values for regression, logits otherwise;
+see `combine`). The gate is trained on predictions no expert trained on (out-of-fold).
 """
 
 from __future__ import annotations
@@ -90,9 +90,31 @@ class Gate(nn.Module):
         return torch.softmax(self.net(torch.cat(parts, dim=1)), dim=-1)
 
 
-def combine(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-    """Weighted sum over experts: [B, E] x [B, E, K] -> [B, K]."""
-    return torch.einsum("be,bek->bk", weights, experts)
+EPS = 1e-7  # the experts' probabilities are float32, whose largest value below 1 is 1 - 6e-8
+
+
+def combine(task: Task, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """The ensemble's prediction from weights [B, E] and the experts' predictions [B, E, K] (values, or
+    probabilities): the weighted sum of the experts' raw outputs (values, or logits: log-probabilities for
+    multiclass, whose softmax is the same), as EnECG's gate sums its heads' raw outputs; returned as a prediction.
+
+    Not a sum of probabilities: on a label with few positives a strong expert's probabilities for the negatives
+    are ~1e-3 and a weak expert's ~1e-2, so even a 1% weight on the weak one reorders the records (PTB-XL subclass:
+    the MoE 0.005 macro AUROC below its strong expert at a mean weight of 0.988); in logits a weak expert's nearly
+    constant output moves every record alike.
+    """
+    if task.type == "regression":
+        return torch.einsum("be,bek->bk", weights, experts)
+    p = experts.clamp(EPS, 1 - EPS)
+    if task.type == "multiclass":
+        return torch.softmax(torch.einsum("be,bek->bk", weights, p.log()), dim=-1)
+    return torch.sigmoid(torch.einsum("be,bek->bk", weights, p.log() - (-p).log1p()))
+
+
+def plain_mean(task: Task, experts: np.ndarray) -> np.ndarray:
+    """The experts mixed with equal weights ([B, E, K] -> [B, K]): what every gate starts as."""
+    tensor = torch.from_numpy(np.ascontiguousarray(experts))
+    return combine(task, torch.full(experts.shape[:2], 1.0 / experts.shape[1], dtype=tensor.dtype), tensor).numpy()
 
 
 def fit_gate(
@@ -109,11 +131,11 @@ def fit_gate(
         gate.out_mean.copy_(feature_tensor[split[0]].mean(0))
         gate.out_std.copy_(feature_tensor[split[0]].std(0).clamp_min(1e-3) if len(split[0]) > 1 else torch.ones(features.shape[1]))
         expert_tensor = torch.from_numpy(experts.astype(np.float32))
-        mixture = lambda g, rows: combine(g(lead_tensor[rows], feature_tensor[rows]), expert_tensor[rows]).numpy()  # noqa: E731
+        mixture = lambda g, rows: combine(task, g(lead_tensor[rows], feature_tensor[rows]), expert_tensor[rows]).numpy()  # noqa: E731
         history = fit(
             gate,
             (lead_tensor, feature_tensor, expert_tensor, torch.from_numpy(target)),
-            lambda g, lb, fb, eb, yb: prediction_loss(task, combine(g(lb, fb), eb), yb, scale),
+            lambda g, lb, fb, eb, yb: prediction_loss(task, combine(task, g(lb, fb), eb), yb, scale),
             settings,
             seed,
             split,

@@ -110,5 +110,5 @@ def moe_predict(task, gate: Gate, config: dict, leads: np.ndarray, test_folds: n
     for experts in test_folds:
         w = gate_weights(gate, leads, expert_features(task, experts, config["target_scale"]))
         weights.append(w)
-        mixtures.append(combine(torch.from_numpy(w), torch.from_numpy(np.ascontiguousarray(experts))).numpy())
+        mixtures.append(combine(task, torch.from_numpy(w), torch.from_numpy(np.ascontiguousarray(experts))).numpy())
     return np.mean(weights, axis=0), np.mean(mixtures, axis=0)
