@@ -20,7 +20,8 @@ manifest rows. Measured in one run, each on the same rows:
 The 60 MB of files sit in the page cache throughout (each is read first), so the figures are the CPU cost of
 reading, not the disk's. `--compare-with REV` measures the code of that git revision (exported with `git
 archive`) the same way in the same run, for a before/after table. MIMIC-IV-ECG's time (~800,000 records) is
-projected from prepare's records/s. The machine may be shared: the load average at the start and the end is
+projected from prepare's records/s; the compression ratio is corpus.zarr's `signals` raw bytes over the bytes
+its chunks take in the store. The machine may be shared: the load average at the start and the end is
 recorded beside the figures. Output: a table on stdout and benchmarks/prepare.md.
 """
 
@@ -108,10 +109,12 @@ def measure(code: Path, count: int) -> dict:
         summary = {}
         wall, cpu = timed(lambda: summary.update(prepare_corpus(manifest, RECORDS, Path(work) / "corpus.zarr", qc, chunk_records=chunk,
                                                                  workers=workers, scheduler=scheduler)))
+        signals = zarr.open_group(Path(work) / "corpus.zarr", mode="r")["signals"]
+        ratio = signals.nbytes / signals.nbytes_stored()
     assert summary["kept"] == count, summary
     return {"rows": count, "files": len(paths), "wall_s": wall, "cpu_s": cpu, "fromfile_s": floor, "read_wall_s": read_wall,
             "read_cpu_s": read_cpu, "write_wall_s": write_wall, "write_cpu_s": write_cpu, "workers": workers, "scheduler": scheduler,
-            "chunk_records": chunk}
+            "chunk_records": chunk, "compression_ratio": ratio}
 
 
 def measure_in_subprocess(code: Path, rows: int) -> dict:
@@ -141,6 +144,7 @@ def row(label: str, result: dict) -> str:
         f"{result['wall_s'] / result['fromfile_s']:,.0f}x",
         f"{result['read_wall_s'] / result['fromfile_s']:,.0f}x",
         f"{MIMIC_RECORDS / rate / 3600:,.1f} h",
+        f"{result['compression_ratio']:.2f}",
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -148,8 +152,9 @@ def row(label: str, result: dict) -> str:
 def report(results: dict[str, dict], command: str, load: list[tuple]) -> str:
     first = next(iter(results.values()))
     head = ["| code | prepare records/s | prepare s | reading alone, records/s | store writes alone, records/s | np.fromfile s | "
-            f"prepare / np.fromfile | reading / np.fromfile | MIMIC-IV-ECG ({MIMIC_RECORDS:,} records) at prepare's rate |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            f"prepare / np.fromfile | reading / np.fromfile | MIMIC-IV-ECG ({MIMIC_RECORDS:,} records) at prepare's rate | "
+            "corpus.zarr signals, raw / stored bytes |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     return "\n".join([
         "# prepare: records per second",
         "",
