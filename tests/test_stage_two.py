@@ -252,6 +252,10 @@ def test_experts_are_mixed_in_logits_so_a_small_weight_on_a_weak_expert_keeps_th
     multiclass = combine(TASKS["multiclass"], weights, classes)
     torch.testing.assert_close(multiclass, torch.softmax(0.99 * classes[:, 0].log() + 0.01 * classes[:, 1].log(), dim=-1))
     assert np.allclose(plain_mean(TASKS["regression"], experts.numpy()), experts.numpy().mean(1))
+    # a confident expert's tiny probabilities (and exact 0 or 1) keep their order and stay finite
+    confident = torch.tensor([0.0, 1e-30, 1e-12, 1e-9, 1e-7, 0.5, 1.0], dtype=torch.float32)[:, None, None].expand(-1, 2, 1)
+    alone = combine(TASKS["binary"], torch.tensor([[1.0, 0.0]]).expand(7, -1), confident)[:, 0]
+    assert torch.isfinite(alone).all() and (alone.diff() > 0).all()
 
 
 def test_moe_gates_each_fold_model_and_averages_the_mixtures():
