@@ -296,20 +296,26 @@ def reading(reports: dict[str, dict]) -> str:
     return say("moe-best", "the best single expert (chosen on the test rows: the conservative choice)") + " " + say("moe-mean", "the plain mean")
 
 
-def per_label_table(work: Path, task: str, report: dict) -> list[str]:
-    """Per-label test AUROC of each probe and expert, the mean and the MoE, with each label's positives."""
+def test_predictions(work: Path, task: str):
+    """(TaskData, candidate name -> test predictions) of a task, as `enecg evaluate` computed them."""
     from pipeline.stage_two.dataset import load_task_data
     from pipeline.stage_two.evaluation import test_candidates
-    from pipeline.stage_two.metrics import per_label_auroc
     from pipeline.params import load_params
 
     here = Path.cwd()
     os.chdir(work)  # the pipeline's artifact paths are relative to the work folder
     try:
         data = load_task_data(load_params(), task)
-        candidates, _, _ = test_candidates(data)
+        return data, test_candidates(data)[0]
     finally:
         os.chdir(here)
+
+
+def per_label_table(work: Path, task: str, report: dict) -> list[str]:
+    """Per-label test AUROC of each probe and expert, the mean and the MoE, with each label's positives."""
+    from pipeline.stage_two.metrics import per_label_auroc
+
+    data, candidates = test_predictions(work, task)
     truth = data.target[data.test]
     shown = [c for name in BACKBONES for c in (f"probe:{name}", f"expert:{name}")] + ["mean", "moe"]
     columns = {name: per_label_auroc(data.task, truth, candidates[name]) for name in shown}
@@ -319,6 +325,27 @@ def per_label_table(work: Path, task: str, report: dict) -> list[str]:
     for k, label in enumerate(data.task.classes):
         values = [f"{columns[c][label]:.3f}" for c in shown]
         lines.append(f"| {label} | {int(train_pos[k])} | {int(test_pos[k])} | {' | '.join(values)} |")
+    return lines
+
+
+def moe_gap_table(work: Path, reports: dict[str, dict], shown: int = 2) -> list[str]:
+    """Per label task, the labels that move MoE - best expert most: each label's AUROC difference over the number of
+    labels in the macro average is its share of the difference (point estimates)."""
+    from pipeline.stage_two.metrics import per_label_auroc
+
+    lines = ["| task | label | test positives | best expert | MoE | share of MoE - best expert |", "|---|---|---|---|---|---|"]
+    for task, report in reports.items():
+        if report["type"] not in ("multiclass", "multilabel"):
+            continue
+        data, candidates = test_predictions(work, task)
+        truth = data.target[data.test]
+        best = per_label_auroc(data.task, truth, candidates[f"expert:{report['best_expert']}"])
+        moe = per_label_auroc(data.task, truth, candidates["moe"])
+        labels = [label for label in best if np.isfinite(best[label])]
+        positives = dict(zip(data.task.classes, truth.sum(0) if truth.ndim == 2 else np.bincount(truth, minlength=len(data.task.classes))))
+        share = {label: (moe[label] - best[label]) / len(labels) for label in labels}
+        for label in sorted(labels, key=lambda label: -abs(share[label]))[:shown]:
+            lines.append(f"| {task} | {label} | {int(positives[label])} | {best[label]:.3f} | {moe[label]:.3f} | {share[label]:+.4f} |")
     return lines
 
 
@@ -485,6 +512,14 @@ def write_report(work: Path, tasks: list[str], times: dict, manifest_s: float, u
         "Superclass, by label (mean weight among the test records with that label):",
         "",
         *weights_by_class_table(reports["superclass"]),
+        "",
+        "## Where MoE - best expert comes from",
+        "",
+        "The two labels of each label set whose AUROC differs most between the MoE and the best expert, and their "
+        "share of the macro difference (the label's difference over the number of labels averaged). A label with "
+        "one test positive moves a 66-label macro AUROC by up to 0.015 on its own.",
+        "",
+        *moe_gap_table(work, reports),
         "",
         "## Per-label test AUROC, superclass",
         "",
