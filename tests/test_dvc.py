@@ -111,8 +111,10 @@ def test_repro_reruns_only_what_changed_and_never_touches_the_users_data(dvc_pro
     assert repro(dvc_project) == {"fit_heads@rr_interval-dlinear", "fit_gate", "evaluate"}
 
     # an edited stage-two module reruns exactly the stages that run it (an unchanged result stops there)
-    touch_module(dvc_project, "pipeline/stage_two/metrics.py")
+    touch_module(dvc_project, "pipeline/stage_two/evaluation.py")
     assert repro(dvc_project) == {"evaluate"}
+    touch_module(dvc_project, "pipeline/stage_two/metrics.py")  # early stopping's metric: heads and gate too
+    assert repro(dvc_project) == {"fit_heads@rr_interval-dlinear", "fit_gate", "evaluate"}
     touch_module(dvc_project, "pipeline/stage_two/heads.py")
     assert repro(dvc_project) == {"fit_heads@rr_interval-dlinear"}
 
