@@ -22,13 +22,7 @@ Every stage runs with OMP_NUM_THREADS=1 (--threads): on this 2-core machine shar
 default 2 intra-op threads made the small head/gate/DLinear matmuls ~15x slower (threads waiting for a
 core), e.g. fit-heads superclass/dlinear for 3 epochs 144 s with 2 threads, 9.7 s with 1.
 
-With --post-train it first runs the ECGFounder post-training study's ablation on superclass (`enecg post-train`,
-Net1D at params.yaml's `cpu` size from random initialisation, fold 9 as the gate hold-out): plain fine-tuning,
-+ stochastic depth, + preview linear probing, both, and both on lead I only; each run in its own folder
-WORK/post_train/RUN/ (its params.yaml, a link to the corpus), reported with macro AUROC and AUPRC, paired
-differences against plain fine-tuning and 12-lead vs lead I, and wall times. One run's time at that size is
-measured and projected in benchmarks/post_train_time.md (12 leads: 16 min on this shared 2-core machine, 10.5 min on
-an idle core; 15 epochs at most, early stopping can end it sooner), so the five runs take about 1-2 hours here.
+The ECGFounder post-training study (a post-trained Net1D as a third expert) is benchmarks/ptbxl_post_train.py.
 
 A rerun skips the stages whose time is already recorded in WORK/times.json and whose output exists (so a
 killed run resumes); --fresh deletes the stages' outputs and reruns everything.
@@ -37,14 +31,15 @@ killed run resumes); --fresh deletes the stages' outputs and reruns everything.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
+from contextlib import chdir
 from pathlib import Path
 
 import numpy as np
@@ -71,16 +66,8 @@ TASKS = ["superclass", "rhythm", "scp_all", "age", "subclass", "sex", "form", "d
 # "diag" diagnostic, "subdiag" subclass, "superdiag" superclass.
 PUBLISHED = {"scp_all": 0.925, "diagnostic": 0.937, "subclass": 0.929, "superclass": 0.928, "form": 0.896, "rhythm": 0.957}
 NICE = ["nice", "-n", "10"]
-OUTPUTS = ["corpus.zarr", "checkpoints", "embeddings", "heads", "gates", "metrics", "times.json", "post_train"]
-# --post-train: the ablation of the ECGFounder post-training study, run -> (model, stochastic depth, preview probe)
-POST_TRAIN_TASK = "superclass"
-POST_TRAIN_RUNS = {
-    "plain": ("ecgfounder", 0.0, False),
-    "stochastic depth": ("ecgfounder", 0.1, False),
-    "preview probe": ("ecgfounder", 0.0, True),
-    "both": ("ecgfounder", 0.1, True),
-    "both, lead I": ("ecgfounder-1lead", 0.1, True),
-}
+TIMES_LOCK = threading.Lock()
+OUTPUTS = ["corpus.zarr", "checkpoints", "embeddings", "heads", "gates", "metrics", "times.json"]
 
 
 def unpack(work: Path) -> float:
@@ -148,37 +135,10 @@ def run_stage(work: Path, times: dict, key: str, args: list[str], output: str, c
                 print(line, end="", flush=True)
     if process.wait() != 0:
         raise SystemExit(f"{key} failed (exit {process.returncode}); see {work / 'logs' / (key + '.log')}")
-    times[key] = time.perf_counter() - start
-    (work / "times.json").write_text(json.dumps(times, indent=1))
+    with TIMES_LOCK:  # stages may run in threads (benchmarks/ptbxl_post_train.py --jobs)
+        times[key] = time.perf_counter() - start
+        (work / "times.json").write_text(json.dumps(times, indent=1))
     print(f"== {key}: {times[key]:.0f} s", flush=True)
-
-
-def post_train_folder(work: Path, run: str) -> Path:
-    return work / "post_train" / run.replace(", ", "-").replace(" ", "-")
-
-
-def post_train_output(work: Path, run: str) -> Path:
-    model = POST_TRAIN_RUNS[run][0]
-    return post_train_folder(work, run) / "heads" / POST_TRAIN_TASK / f"{model}-post"
-
-
-def run_post_train_ablation(work: Path, times: dict) -> None:
-    """Each run of POST_TRAIN_RUNS in WORK/post_train/RUN/: the benchmark's params with fold 9 as the gate hold-out
-    and the run's switches, the corpus linked, then `enecg post-train` there (timed, resumable like any stage)."""
-    run_stage(work, times, "prepare", ["prepare"], "corpus.zarr")
-    base = yaml.safe_load((work / "params.yaml").read_text())
-    for run, (model, stochastic_depth, preview_probe) in POST_TRAIN_RUNS.items():
-        folder = post_train_folder(work, run)
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "corpus.zarr").is_symlink():
-            (folder / "corpus.zarr").symlink_to(work / "corpus.zarr", target_is_directory=True)
-        params = copy.deepcopy(base)
-        params["split"]["gate_folds"] = [9]
-        params.update(tasks=[POST_TRAIN_TASK], post_trained=[model])
-        params["post_train"].update(init="random", size="cpu", stochastic_depth=stochastic_depth, preview_probe=preview_probe)
-        (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        output = str(post_train_output(work, run).relative_to(work))
-        run_stage(work, times, f"post-train {run}", ["post-train", "--task", POST_TRAIN_TASK, "--model", model], output, cwd=folder)
 
 
 def run_pipeline(work: Path, tasks: list[str], times: dict, stage_one_only: bool = False) -> None:
@@ -210,9 +170,14 @@ def _cell(metric: dict, digits: int, signed: bool = False) -> str:
     return f"{metric['value']:{sign}.{digits}f} ({metric['low']:{sign}.{digits}f} to {metric['high']:{sign}.{digits}f})"
 
 
+def experts(report: dict) -> list[str]:
+    """The experts of a task's evaluate report, in the gate's order."""
+    return list(report["gate_weights"]["mean"])
+
+
 def results_table(reports: dict[str, dict]) -> list[str]:
-    """Per task: each backbone's probe and expert, the plain mean, the MoE, and the paired differences."""
-    columns = [c for name in BACKBONES for c in (f"probe:{name}", f"expert:{name}")] + ["mean", "moe"]
+    """Per task: each expert's probe and the expert, the plain mean, the MoE, and the paired differences."""
+    columns = [c for name in experts(next(iter(reports.values()))) for c in (f"probe:{name}", f"expert:{name}")] + ["mean", "moe"]
     header = ["task", "labels used", "metric", *columns, "MoE - best expert", "MoE - mean", "Strodthoff et al. 2021"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for task, report in reports.items():
@@ -250,19 +215,20 @@ def bootstrap_table(reports: dict[str, dict], times: dict) -> list[str]:
 
 def gate_weights_table(reports: dict[str, dict]) -> list[str]:
     """The MoE gate's mean weight per expert over the test records, per task, and its spread over records."""
-    header = ["task", *BACKBONES]
+    names = experts(next(iter(reports.values())))
+    header = ["task", *names]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for task, report in reports.items():
         weights = report["gate_weights"]["mean"]
-        lines.append(f"| {task} | {' | '.join(f'{weights[name]:.2f}' for name in BACKBONES)} |")
+        lines.append(f"| {task} | {' | '.join(f'{weights[name]:.2f}' for name in names)} |")
     return lines
 
 
 def weights_by_class_table(report: dict) -> list[str]:
-    header = ["label (test positives)", *BACKBONES]
+    header = ["label (test positives)", *experts(report)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, weights in report["gate_weights"]["by_class"].items():
-        lines.append(f"| {label} | {' | '.join(f'{weights[name]:.2f}' for name in BACKBONES)} |")
+        lines.append(f"| {label} | {' | '.join(f'{weights[name]:.2f}' for name in experts(report))} |")
     return lines
 
 
@@ -271,7 +237,7 @@ def head_vs_probe(reports: dict[str, dict]) -> str:
     parts = []
     for task, report in reports.items():
         metric, digits, _ = _metric(report)
-        gaps = [f"{name} {report['models'][f'expert:{name}'][metric]['value'] - report['models'][f'probe:{name}'][metric]['value']:+.{digits}f}" for name in BACKBONES]
+        gaps = [f"{name} {report['models'][f'expert:{name}'][metric]['value'] - report['models'][f'probe:{name}'][metric]['value']:+.{digits}f}" for name in experts(report)]
         parts.append(f"{task} ({', '.join(gaps)})")
     return "Head minus its probe (point estimates; negative MAE is better): " + "; ".join(parts) + "."
 
@@ -302,13 +268,9 @@ def test_predictions(work: Path, task: str):
     from pipeline.stage_two.evaluation import test_candidates
     from pipeline.params import load_params
 
-    here = Path.cwd()
-    os.chdir(work)  # the pipeline's artifact paths are relative to the work folder
-    try:
+    with chdir(work):  # the pipeline's artifact paths are relative to the work folder
         data = load_task_data(load_params(), task)
         return data, test_candidates(data)[0]
-    finally:
-        os.chdir(here)
 
 
 def per_label_table(work: Path, task: str, report: dict) -> list[str]:
@@ -317,7 +279,7 @@ def per_label_table(work: Path, task: str, report: dict) -> list[str]:
 
     data, candidates = test_predictions(work, task)
     truth = data.target[data.test]
-    shown = [c for name in BACKBONES for c in (f"probe:{name}", f"expert:{name}")] + ["mean", "moe"]
+    shown = [c for name in experts(report) for c in (f"probe:{name}", f"expert:{name}")] + ["mean", "moe"]
     columns = {name: per_label_auroc(data.task, truth, candidates[name]) for name in shown}
     train_pos, test_pos = data.target[data.train].sum(0), truth.sum(0)
     header = ["label", "train positives", "test positives", *shown]
@@ -349,79 +311,16 @@ def moe_gap_table(work: Path, reports: dict[str, dict], shown: int = 2) -> list[
     return lines
 
 
-def post_train_report(work: Path, times: dict, bootstrap: int) -> dict | None:
-    """The finished ablation runs' experts on the test fold: macro AUROC/AUPRC with subject-bootstrap intervals,
-    before and after fine-tuning, paired differences against plain fine-tuning and 12-lead vs lead I; None if none ran."""
-    from pipeline.params import load_params
-    from pipeline.stage_two.dataset import load_task_data
-    from pipeline.stage_two.metrics import evaluate_candidates
-
-    done = [run for run in POST_TRAIN_RUNS if (post_train_output(work, run) / "predictions.npz").exists()]
-    if not done:
-        return None
-    here = Path.cwd()
-    os.chdir(post_train_folder(work, done[0]))  # the runs share the split: any one's folder gives the test rows
-    try:
-        data = load_task_data(load_params(), POST_TRAIN_TASK)
-    finally:
-        os.chdir(here)
-    candidates, runs = {}, {}
-    for run in done:
-        saved = np.load(post_train_output(work, run) / "predictions.npz")
-        meta = json.loads((post_train_output(work, run) / "meta.json").read_text())
-        candidates[run], candidates[f"{run}: before fine-tuning"] = saved["test_folds"][0], saved["probe_test_folds"][0]
-        runs[run] = {"model": POST_TRAIN_RUNS[run][0], "stochastic_depth": POST_TRAIN_RUNS[run][1], "preview_probe": POST_TRAIN_RUNS[run][2],
-                     "epochs": len(meta["histories"][0]["train"]), "step_s": meta["timings"]["step_s"], "wall_s": times.get(f"post-train {run}"),
-                     "shape": meta["shape"], "rate": meta["spec"]["sampling_rate"]}
-    pairs = {f"{run} - plain": (run, "plain") for run in done if run != "plain" and "plain" in done and runs[run]["model"] == "ecgfounder"}
-    if {"both", "both, lead I"} <= set(done):
-        pairs["12 leads - lead I"] = ("both", "both, lead I")
-    report = evaluate_candidates(data.task, data.target[data.test], candidates, data.subjects[data.test], bootstrap, 0.95, 0, pairs)
-    return {**report, "runs": runs, "n_train": len(data.train), "n_gate": len(data.gate), "n_test": len(data.test)}
-
-
-def post_train_section(report: dict) -> list[str]:
-    runs = report["runs"]
-    header = ["run", "leads", "stochastic depth", "preview probe", "epochs", "macro AUROC", "macro AUPRC",
-              "AUROC before fine-tuning", "step (s)", "wall time (s)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run, info in runs.items():
-        models = report["models"]
-        wall = f"{info['wall_s']:.0f}" if info["wall_s"] else "-"
-        lines.append(f"| {run} | {'I' if info['model'].endswith('1lead') else '12'} | {info['stochastic_depth']:g} | "
-                     f"{'yes' if info['preview_probe'] else 'no'} | {info['epochs']} | {_cell(models[run]['auroc'], 3)} | "
-                     f"{_cell(models[run]['auprc'], 3)} | {_cell(models[f'{run}: before fine-tuning']['auroc'], 3)} | "
-                     f"{info['step_s']:.3f} | {wall} |")
-    paired = ["| paired difference | macro AUROC | macro AUPRC |", "|---|---|---|"]
-    paired += [f"| {pair} | {_cell(d['auroc'], 3, signed=True)} | {_cell(d['auprc'], 3, signed=True)} |" for pair, d in report["paired"].items()]
-    shape = next(iter(runs.values()))["shape"]
-    return [
-        f"## Post-training ablation ({POST_TRAIN_TASK}, `--post-train`)",
-        "",
-        f"`enecg post-train`: Net1D at params.yaml's `cpu` size (filters {shape['filters']}, blocks {shape['blocks']}, "
-        f"{next(iter(runs.values()))['rate']:g} Hz), from random initialisation, trained on folds 1-8 ({report['n_train']} "
-        f"records; its early-stopping subjects among them), fold 9 ({report['n_gate']}) held out for the gate, tested on "
-        f"fold 10 ({report['n_test']}), 95% subject-bootstrap intervals. `before fine-tuning`: the network as it started "
-        "(after the preview probe, or with its random classifier).",
-        "",
-        *lines,
-        "",
-        *paired,
-    ]
-
-
-def write_json_summary(reports: dict[str, dict], post_train: dict | None = None) -> Path:
-    """benchmarks/ptbxl.json: per task, every candidate's metrics, the paired differences and the bootstrap block
-    (and the post-training ablation's, when it ran)."""
+def write_json_summary(reports: dict[str, dict], out: Path = REPO / "benchmarks" / "ptbxl.json", **extra) -> Path:
+    """`out` (benchmarks/ptbxl.json): per task, every candidate's metrics, the paired differences, the bootstrap
+    block and the gate weights, and any `extra` sections."""
     summary = {"tasks": {
         task: {"models": report["models"], "paired": report["paired"], "best_expert": report["best_expert"],
                "labels_used": report["bootstrap"]["labels_used"], "resamples_used": report["bootstrap"]["resamples_used"],
                "bootstrap": report["bootstrap"], "gate_weights": report["gate_weights"]}
         for task, report in reports.items()
     }}
-    if post_train:
-        summary["post_train"] = post_train
-    out = REPO / "benchmarks" / "ptbxl.json"
+    summary.update(extra)
     out.write_text(json.dumps(summary, indent=1, sort_keys=True, default=float) + "\n")
     return out
 
@@ -557,13 +456,10 @@ def write_report(work: Path, tasks: list[str], times: dict, manifest_s: float, u
         "",
         f"Load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}.",
     ]
-    post_train = post_train_report(work, times, bootstrap)
-    if post_train:
-        text += ["", *post_train_section(post_train)]
     text += ["", "## Quality control", "", *qc_summary(work)]
     out = REPO / "benchmarks" / "ptbxl.md"
     out.write_text("\n".join(text) + "\n")
-    write_json_summary(reports, post_train)
+    write_json_summary(reports)
     return out
 
 
@@ -576,7 +472,6 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="run nothing; write the report of the tasks that finished")
     parser.add_argument("--fresh", action="store_true", help="delete the stages' outputs and rerun every stage")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every stage (see above)")
-    parser.add_argument("--post-train", action="store_true", help="first run the post-training ablation (see above)")
     args = parser.parse_args()
     BACKBONES[:] = args.backbones.split(",")
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)  # inherited by the stages
@@ -592,8 +487,6 @@ def main() -> None:
     times_path = work / "times.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     if not args.report_only:
-        if args.post_train:
-            run_post_train_ablation(work, times)
         run_pipeline(work, names, times, args.stage_one_only)
     if args.stage_one_only:
         return

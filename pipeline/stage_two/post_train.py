@@ -10,7 +10,9 @@ random initialisation comes close to plain fine-tuning of the pretrained model):
 2. full fine-tuning: every weight trains with AdamW, the learning rate warming up linearly for
    `warmup_epochs` and then decaying along a cosine to zero at `epochs`; stochastic depth is the network's own
    (Net1D's drop path, set by whoever built it); early stopping on held-out training subjects scores the
-   start too (pipeline.stage_two.training.fit), so the expert ends no worse than its probe on them, in its loss.
+   start too (pipeline.stage_two.training.fit), so the expert ends no worse than its probe on them, in the
+   metric that is reported (training.held_out_score, as the heads do); its value per epoch, history["score"],
+   is the run's learning curve.
 
 The network is anything whose forward gives (pooled features [B, D], raw outputs [B, K]) from a `dense`
 Linear: this module knows no backbone, the caller builds it (stages/post_train.py builds Net1D). The expert's
@@ -37,14 +39,14 @@ from pipeline.seeding import seeded
 from pipeline.stage_two.dataset import TaskData
 from pipeline.stage_two.losses import head_loss, standardisation, to_prediction
 from pipeline.stage_two.probe import fit_probe
-from pipeline.stage_two.training import fit, one_thread, validation_split
+from pipeline.stage_two.training import fit, held_out_score, one_thread, validation_split
 
 
 @dataclass
 class PostTrained:
     net: nn.Module  # fine-tuned, in eval mode, on the CPU
     predictions: dict[str, np.ndarray]  # oof (gate rows), test_folds [1, n_test, K], probe_oof, probe_test_folds
-    history: dict[str, list[float]]  # train / held-out loss per epoch (held-out[0]: the start)
+    history: dict[str, list[float]]  # train / held-out loss and held-out score per epoch ([0]: the start)
     trained_rows: np.ndarray  # every corpus row that fine-tuning or the probe saw (early-stopping rows included)
     target_scaling: tuple[float, float]  # (mean, std) of a regression target; (0, 1) otherwise
     timings: dict[str, float]
@@ -109,8 +111,8 @@ def post_train(data: TaskData, net: nn.Module, inputs: np.ndarray, rows: np.ndar
         scaling = standardisation(y[fitted])
         y = (y - scaling[0]) / scaling[1]
 
-    def predictions(selection: np.ndarray) -> np.ndarray:
-        raw = network_outputs(net, x[selection], batch_size, device)[1]
+    def predictions(selection: np.ndarray, model: nn.Module = net) -> np.ndarray:
+        raw = network_outputs(model, x[selection], batch_size, device)[1]
         return to_prediction(task, raw * scaling[1] + scaling[0]).numpy()  # (0, 1) but for regression
 
     timings = {}
@@ -133,8 +135,9 @@ def post_train(data: TaskData, net: nn.Module, inputs: np.ndarray, rows: np.ndar
                 stamps.append(time.perf_counter())
                 advance()
 
+            score = held_out_score(task, data.target[rows], held, lambda model, selection: predictions(selection, model))
             history = fit(net, (x, y), loss, settings, seed, (fitted, held), lr_schedule=schedule, device=device,
-                          eval_batch_size=batch_size, on_step=on_step)
+                          eval_batch_size=batch_size, on_step=on_step, score=score)
         timings["fine_tune_s"] = time.perf_counter() - stamps[0]
         timings["steps"] = len(stamps) - 1
         timings["step_s"] = float(np.median(np.diff(stamps))) if len(stamps) > 1 else float("nan")  # median: epoch ends hold validation
