@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 import ptbxl  # benchmarks/ptbxl.py, beside this script: the shared data's unpacking, manifest and stage runner
+from pipeline.layout import head_dir  # (ptbxl put the project on sys.path)
 
 REPO = ptbxl.REPO
 MODELS = ["ecgfounder", "ecgfounder-1lead"]
@@ -59,13 +60,13 @@ def results(work: Path, tasks: list[str], times: dict, bootstrap: int) -> dict:
     try:
         out = {}
         for task in tasks:
-            done = [m for m in MODELS if (work / "heads" / task / f"{m}-post" / "predictions.npz").exists()]
+            done = [m for m in MODELS if (work / head_dir(task, f"{m}-post") / "predictions.npz").exists()]
             if not done:
                 continue
             data = load_task_data(load_params(), task)
             candidates, runs = {}, {}
             for model in done:
-                folder = work / "heads" / task / f"{model}-post"
+                folder = work / head_dir(task, f"{model}-post")
                 saved, meta = np.load(folder / "predictions.npz"), json.loads((folder / "meta.json").read_text())
                 candidates[model], candidates[f"{model}: before fine-tuning"] = saved["test_folds"][0], saved["probe_test_folds"][0]
                 runs[model] = {"epochs": len(meta["histories"][0]["train"]), "step_s": meta["timings"]["step_s"],
@@ -125,7 +126,7 @@ def main() -> None:
     ptbxl.run_stage(work, times, "prepare", ["prepare"], "corpus.zarr")
     for task in names:
         for model in MODELS:
-            ptbxl.run_stage(work, times, f"post-train {task} {model}", ["post-train", "--task", task, "--model", model], f"heads/{task}/{model}-post")
+            ptbxl.run_stage(work, times, f"post-train {task} {model}", ["post-train", "--task", task, "--model", model], str(head_dir(task, f"{model}-post")))
     print(write_report(work, results(work, names, times, args.bootstrap), args.init).read_text())
 
 

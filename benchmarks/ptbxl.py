@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data_manifests.ptbxl import build_ptbxl_manifest, tasks_path, write_manifest  # noqa: E402
+from pipeline.layout import head_dir  # noqa: E402
 from tests.shared_dir import DATA  # noqa: E402  ($ENECG_SHARED, else ../shared)
 
 SHARED = DATA / "ptbxl-100hz"
@@ -151,7 +152,7 @@ def run_pipeline(work: Path, tasks: list[str], times: dict, stage_one_only: bool
         return
     for task in tasks:
         for name in BACKBONES:
-            run_stage(work, times, f"fit-heads {task} {name}", ["fit-heads", "--task", task, "--model", name], f"heads/{task}/{name}")
+            run_stage(work, times, f"fit-heads {task} {name}", ["fit-heads", "--task", task, "--model", name], str(head_dir(task, name)))
         run_stage(work, times, f"fit-gate {task}", ["fit-gate", "--task", task], f"gates/{task}")
         run_stage(work, times, f"evaluate {task}", ["evaluate", "--task", task], f"metrics/{task}.json")
 

@@ -40,6 +40,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ptbxl  # noqa: E402  (the PTB-XL benchmark: work folder, stage one, stage runner, tables)
+from pipeline.layout import head_dir, post_trained_expert  # noqa: E402  (ptbxl put the project on sys.path)
 
 TASKS = ["superclass", "rhythm"]
 # run -> (model, stochastic depth, preview probe); "both" is params.yaml's recipe and the ensemble's Net1D
@@ -60,7 +61,7 @@ def run_folder(work: Path, run: str) -> Path:
 
 
 def expert_folder(work: Path, run: str, task: str) -> Path:
-    return run_folder(work, run) / "heads" / task / f"{RUNS[run][0]}-post"
+    return run_folder(work, run) / head_dir(task, post_trained_expert(RUNS[run][0]))
 
 
 def set_up_run(work: Path, run: str, base: dict) -> Path:
@@ -96,7 +97,7 @@ def run_all(work: Path, times: dict, jobs: int) -> None:
         folder = folders[ENSEMBLE_RUN]
         for name in ptbxl.BACKBONES:
             ptbxl.run_stage(work, times, f"ensemble {task}: fit-heads {name}", ["fit-heads", "--task", task, "--model", name],
-                            relative(folder / "heads" / task / name), cwd=folder)
+                            relative(folder / head_dir(task, name)), cwd=folder)
         ptbxl.run_stage(work, times, f"ensemble {task}: fit-gate", ["fit-gate", "--task", task], relative(folder / "gates" / task), cwd=folder)
         ptbxl.run_stage(work, times, f"ensemble {task}: evaluate", ["evaluate", "--task", task], relative(folder / "metrics" / f"{task}.json"), cwd=folder)
 
@@ -181,7 +182,7 @@ def ablation_section(task: str, report: dict) -> list[str]:
     ]
 
 
-def ensemble_section(reports: dict[str, dict]) -> list[str]:
+def ensemble_section(folder: Path, reports: dict[str, dict]) -> list[str]:
     return [
         "## The ensemble with a post-trained Net1D",
         "",
@@ -202,6 +203,11 @@ def ensemble_section(reports: dict[str, dict]) -> list[str]:
         "Mean gate weight of each expert on the test records:",
         "",
         *ptbxl.gate_weights_table(reports),
+        "",
+        "The labels that move MoE - best expert most (each label's AUROC difference over the number of labels in "
+        "the macro average):",
+        "",
+        *ptbxl.moe_gap_table(folder, reports, shown=3),
     ]
 
 
@@ -226,7 +232,7 @@ def write_report(work: Path, times: dict, bootstrap: int) -> Path:
     for task, report in ablations.items():
         text += [*ablation_section(task, report), ""]
     if reports:
-        text += [*ensemble_section(reports), ""]
+        text += [*ensemble_section(run_folder(work, ENSEMBLE_RUN), reports), ""]
     text += ["## Wall time of each stage (this 2-core machine, `nice -n 10`, one thread per stage, "
              "two stages at once with --jobs 2)", "", "| stage | seconds |", "|---|---|", *stage_rows, "",
              f"Load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}."]

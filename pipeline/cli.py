@@ -93,21 +93,27 @@ def _backbones(loaded: dict, model: Optional[str]) -> list[str]:
     return [model] if model else list(loaded["backbones"])
 
 
+def _tasks(loaded: dict, task: Optional[str]) -> list[str]:
+    return [task] if task else list(loaded["tasks"])
+
+
 @app.command("fit-heads")
 @user_errors
 def fit_heads(
-    task: str = typer.Option(..., "--task", "-t", help=TASK_HELP),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help=TASK_HELP + " (default: every task)"),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help=f"{MODEL_HELP}; default: every backbone in params.yaml `backbones`"
     ),
     params: Path = PARAMS,
 ):
-    """Train the LoRA heads of one task (k folds, out-of-fold predictions) on cached embeddings."""
+    """Train the LoRA heads (k folds, out-of-fold predictions) of a backbone on its cached embeddings, for one task
+    or every task (dvc.yaml runs one backbone's tasks in one process)."""
     from stages import fit_heads as stage
 
     loaded = load_params(params)
     for name in _backbones(loaded, model):
-        console.print(stage.run(loaded, task, name))
+        for task_name in _tasks(loaded, task):
+            console.print(stage.run(loaded, task_name, name))
 
 
 @app.command("post-train")
@@ -121,7 +127,7 @@ def post_train(
     params: Path = PARAMS,
 ):
     """Post-train a network on one task's labels (preview linear probe, then fine-tuning with stochastic depth)
-    -> heads/TASK/MODEL-post/, an expert of the ensemble. Needs a gate hold-out (params.yaml split)."""
+    -> heads/MODEL-post/TASK/, an expert of the ensemble. Needs a gate hold-out (params.yaml split)."""
     from pipeline.errors import ManifestError
     from pipeline.params import POST_TRAINABLE
     from stages import post_train as stage
@@ -131,10 +137,6 @@ def post_train(
         raise ManifestError(f"--model {model!r}: post-training fine-tunes one of {list(POST_TRAINABLE)}")
     for name in [model] if model else loaded.get("post_trained", []):
         console.print(stage.run(loaded, task, name))
-
-
-def _tasks(loaded: dict, task: Optional[str]) -> list[str]:
-    return [task] if task else list(loaded["tasks"])
 
 
 @app.command("fit-gate")

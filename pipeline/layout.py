@@ -14,8 +14,9 @@ def embeddings_path(backbone: str) -> Path:
 
 
 def head_dir(task: str, backbone: str) -> Path:
-    """heads/TASK/EXPERT/: an expert's models and predictions (a backbone's heads, or a post-trained network)."""
-    return Path("heads") / task / backbone
+    """heads/EXPERT/TASK/: an expert's models and predictions for one task (a backbone's heads, or a post-trained
+    network). Expert first: one fit_heads stage trains every task of a backbone (heads/BACKBONE/ is its output)."""
+    return Path("heads") / backbone / task
 
 
 POST_TRAINED_SUFFIX = "-post"

@@ -309,7 +309,7 @@ def _fold_arrays(directory: Path) -> dict[str, np.ndarray]:
 
 
 def load_expert(task: Task, directory: Path) -> ExpertHeads:
-    """The expert's fold heads (heads/TASK/BACKBONE/fold*/), stacked, each with its LoRA update merged in."""
+    """The expert's fold heads (heads/BACKBONE/TASK/fold*/), stacked, each with its LoRA update merged in."""
     folds = sorted(Path(directory).glob("fold*"))
     if not folds:
         raise StoreError(f"{directory} holds no trained heads; run `enecg fit-heads`")

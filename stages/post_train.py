@@ -1,10 +1,10 @@
-"""Stage `post_train`: one task x one post-trainable network -> heads/TASK/MODEL-post/, an expert like the heads.
+"""Stage `post_train`: one task x one post-trainable network -> heads/MODEL-post/TASK/, an expert like the heads.
 
 Builds Net1D (ECGFounder's network; from checkpoints/MODEL/ with `init: checkpoint`, else randomly initialised
 at `post_train.size`), feeds it the corpus records at the size's rate with ECGFounder's own preprocessing, and
 runs the recipe (pipeline.stage_two.post_train). Writes the fine-tuned network in ECGFounder's checkpoint
 container under the released file name (`enecg extract` and the reference code read it), predictions.npz
-and meta.json, as the heads do, and the training curve with DVCLive -> dvclive/heads/TASK/MODEL-post/.
+and meta.json, as the heads do, and the training curve with DVCLive -> dvclive/heads/MODEL-post/TASK/.
 The network trains on whole records as `enecg prepare` made them (`prepare.seconds`; 10 s by default, the
 released network's window).
 """

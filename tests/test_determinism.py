@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.layout import head_dir
 from pipeline.predict import predict_records
 from pipeline.stores import open_complete
 from pipeline.tasks import task_from_params
@@ -46,7 +47,7 @@ def project(tmp_path_factory):
 def stage_two(folder: Path) -> dict[str, object]:
     """heads, gate and metrics of the task, file by file."""
     files = {}
-    for part in (f"heads/{TASK}", f"gates/{TASK}"):
+    for part in ("heads", f"gates/{TASK}"):  # heads/BACKBONE/TASK/ of every backbone
         files.update({f"{part}/{name}": content for name, content in artifact(folder / part).items()})
     files["metrics"] = (folder / "metrics" / f"{TASK}.json").read_bytes()
     return files
@@ -79,7 +80,7 @@ def test_every_artifact_records_what_produced_it(project, monkeypatch):
         produced = store["provenance"]
         assert produced["corpus"] == corpus and produced["checkpoint_sha256"] == store["checkpoint_sha256"]
         assert produced["spec"] == store["spec"] and produced["enecg_version"] == corpus["enecg_version"]
-        head = json.loads((folder / "heads" / TASK / model / "meta.json").read_text())["provenance"]
+        head = json.loads((folder / head_dir(TASK, model) / "meta.json").read_text())["provenance"]
         assert head["embeddings"] == produced and head["heads"] == json.loads(json.dumps(params["heads"]))
         assert head["split"] == params["split"] and head["enecg_version"]
     gate = json.loads((folder / "gates" / TASK / "gate.json").read_text())

@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.layout import head_dir
 from pipeline.manifests import read_manifest
 from pipeline.params import load_params
 from pipeline.predict import predict_records
@@ -117,8 +118,8 @@ def test_binary_task_and_deterministic_heads(project, monkeypatch):
     report = json.loads((project / "metrics" / "irregular.json").read_text())
     # Irregular rhythm is set by the simulator's heart-rate variability: far above chance (AUROC 0.5).
     assert report["type"] == "binary" and report["models"]["moe"]["auroc"]["value"] > 0.8
-    first = dict(np.load(project / "heads" / "irregular" / "dlinear" / "predictions.npz"))
+    first = dict(np.load(project / head_dir("irregular", "dlinear") / "predictions.npz"))
     enecg("fit-heads", "--task", "irregular", "--model", "dlinear")
-    second = dict(np.load(project / "heads" / "irregular" / "dlinear" / "predictions.npz"))
+    second = dict(np.load(project / head_dir("irregular", "dlinear") / "predictions.npz"))
     for name in first:
         assert np.array_equal(first[name], second[name]), name

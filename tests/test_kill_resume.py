@@ -30,6 +30,7 @@ import wfdb
 import yaml
 
 from pipeline.errors import CheckpointError, StoreError
+from pipeline.layout import head_dir
 from pipeline.manifests import write_tasks
 from pipeline.stage_one.backbones import LEADS_12, build_backbone, checkpoint_sha256
 from pipeline.stage_one.backbones.dlinear import DLinear
@@ -311,17 +312,17 @@ def test_killed_fit_heads_never_leaves_a_half_written_head(project, reference_em
     from stages import fit_gate, fit_heads
 
     fit_heads.run(params, "rr_interval", "dlinear")
-    heads = folder / "heads" / "rr_interval" / "dlinear"
+    heads = folder / head_dir("rr_interval", "dlinear")
     finished = artifact(heads)
     # Killed while saving: fold 0's files are written into the temporary folder, fold 1's are not.
     enecg(folder, "fit-heads", "-t", "rr_interval", "-m", "dlinear", kill_at=("pipeline.stage_two.experts:save_head", 1))
-    leftovers = list(heads.parent.glob(".dlinear.tmp-*"))
+    leftovers = list(heads.parent.glob(".rr_interval.tmp-*"))
     assert len(leftovers) == 1 and (leftovers[0] / "fold0").exists() and not (leftovers[0] / "fold1").exists()
     assert artifact(heads) == finished  # the previous complete head is untouched
     shutil.rmtree(heads)
     enecg(folder, "fit-heads", "-t", "rr_interval", "-m", "dlinear", kill_at=("pipeline.stage_two.experts:save_head", 1))
     assert not heads.exists()  # no head rather than half a head
-    with pytest.raises(StoreError, match=r"heads/rr_interval/dlinear/predictions\.npz does not exist; run `enecg fit-heads"):
+    with pytest.raises(StoreError, match=r"heads/dlinear/rr_interval/predictions\.npz does not exist; run `enecg fit-heads"):
         fit_gate.run({**params, "backbones": ["dlinear"]}, "rr_interval")
     enecg(folder, "fit-heads", "-t", "rr_interval", "-m", "dlinear")
     assert artifact(heads) == finished  # the rerun equals the uninterrupted fit, bit for bit

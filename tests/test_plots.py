@@ -220,8 +220,8 @@ def test_training_rows_start_the_held_out_curve_at_epoch_0():
 def test_training_histories_are_read_from_heads_and_gates(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for expert in EXPERTS:
-        Path(f"heads/t/{expert}").mkdir(parents=True)
-        Path(f"heads/t/{expert}/meta.json").write_text(json.dumps({"histories": list(histories(2).values())}))
+        Path(f"heads/{expert}/t").mkdir(parents=True)
+        Path(f"heads/{expert}/t/meta.json").write_text(json.dumps({"histories": list(histories(2).values())}))
     Path("gates/t").mkdir(parents=True)
     Path("gates/t/gate.json").write_text(json.dumps({"variants": {"moe": {"history": {"train": [1.0], "validation": [2.0, 1.5]}}}}))
     found = training_histories("t", [*EXPERTS, "missing"])
@@ -288,7 +288,9 @@ def test_every_task_type_gets_its_pngs(project):
 
 
 def test_dvclive_logs_the_curves_and_their_summaries(project):
-    summary = json.loads((project / HEADS_LOG / "rate" / "beta" / "metrics.json").read_text())
+    logged = json.loads((project / HEADS_LOG / "beta" / "metrics.json").read_text())
+    assert set(logged) == {"heads"} and set(logged["heads"]) == set(PROJECT), "each task's heads kept beside the others'"
+    summary = logged["heads"]["rate"]
     curves = histories(folds=2, seed=2 + 1)  # what the fixture logged for beta on the task rate
     best = [min(h["validation"]) for h in curves.values()]
     assert summary == pytest.approx({"folds": 2, "epochs": np.mean([len(h["train"]) for h in curves.values()]),
@@ -298,7 +300,7 @@ def test_dvclive_logs_the_curves_and_their_summaries(project):
     assert set(gates["gates"]["scp"]["moe"]) == {"epochs", "best_validation_loss"}
     curve = json.loads((project / GATES_LOG / "plots" / "custom" / "scp.json").read_text())
     assert {row["series"] for row in curve} == {"train", "validation"} and curve[0]["group"] == "moe"
-    rows = json.loads((project / HEADS_LOG / "rate" / "beta" / "plots" / "custom" / "training.json").read_text())
+    rows = json.loads((project / HEADS_LOG / "beta" / "plots" / "custom" / "rate.json").read_text())
     assert {row["group"] for row in rows} == {"fold0", "fold1"}
 
 
@@ -309,7 +311,7 @@ def test_dvc_plots_show_draws_every_declared_plot_with_named_classes(project):
     assert "errors" not in shown, shown.get("errors")
     data = shown["data"]
     expected = {str(plot_table_path(kind, name)) for name, task in PROJECT.items() for kind in TABLES[task.type]}
-    expected |= {f"dvclive/heads/{name}/{e}/plots/custom/training.json" for name in PROJECT for e in EXPERTS}
+    expected |= {f"dvclive/heads/{e}/plots/custom/{name}.json" for name in PROJECT for e in EXPERTS}
     expected |= {f"dvclive/gates/plots/custom/{name}.json" for name in PROJECT}
     expected |= {str(figures_dir(name) / f"{stem}.png") for name, task in PROJECT.items() for stem in FIGURES[task.type]}
     assert expected <= set(data), sorted(expected - set(data))

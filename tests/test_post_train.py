@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import POST_TRAINABLE_NAMES, app
 from pipeline.errors import ManifestError
+from pipeline.layout import head_dir
 from pipeline.params import POST_TRAINABLE, load_params, validate
 from pipeline.splits import make_split
 from pipeline.stage_one.backbones import build_backbone
@@ -173,13 +174,13 @@ def test_dvc_stage_depends_on_what_it_runs_and_on_no_head_or_gate_parameter():
     stage = stages["post_train"]
     assert stage["matrix"] == {"task": "${tasks}", "model": "${post_trained}"}
     assert stage["params"] == ["post_train", "split"]  # not heads, gate, backbones or the post_trained list
-    assert stage["outs"] == ["heads/${item.task}/${item.model}-post"]
+    assert stage["outs"] == ["heads/${item.model}-post/${item.task}"]
     infrastructure = {"pipeline/__init__.py", "pipeline/errors.py", "pipeline/layout.py", "pipeline/manifests.py",
                       "pipeline/progress.py", "pipeline/seeding.py", "pipeline/stores.py"}  # fit_heads lists none of these
     code = {dep for dep in stage["deps"] if dep.endswith(".py")}
     assert code == imported_files(ROOT / "stages/post_train.py") - infrastructure
     assert not [dep for dep in stage["deps"] if dep.startswith(("heads", "gates", "embeddings"))]
-    assert "post_trained" in stages["fit_gate"]["params"] and "post_train" not in stages["fit_heads"]["params"]
+    assert "post_trained" in stages["fit_gate"]["params"] and "post_train" not in stages["fit_heads"]["do"]["params"]
 
 
 def tiny_params() -> dict:
@@ -217,7 +218,7 @@ def project(tmp_path_factory):
 
 
 def saved_predictions(folder: Path, expert: str) -> dict:
-    return dict(np.load(folder / "heads" / TASK / expert / "predictions.npz"))
+    return dict(np.load(folder / head_dir(TASK, expert) / "predictions.npz"))
 
 
 def test_post_trained_experts_join_the_ensemble_and_extract_reads_them(project, monkeypatch):
@@ -229,12 +230,12 @@ def test_post_trained_experts_join_the_ensemble_and_extract_reads_them(project, 
     assert {f"{kind}:{e}" for e in experts for kind in ("expert", "probe")} | {"mean", "moe"} <= set(report["models"])
     assert json.loads((project / "gates" / TASK / "gate.json").read_text())["experts"] == experts
     assert set(report["gate_weights"]["mean"]) == set(experts)
-    meta = json.loads((project / "heads" / TASK / "ecgfounder-1lead-post" / "meta.json").read_text())
+    meta = json.loads((project / head_dir(TASK, "ecgfounder-1lead-post") / "meta.json").read_text())
     assert meta["spec"]["leads"] == ["I"] and meta["spec"]["sampling_rate"] == 100 and meta["timings"]["steps"] > 0
 
     # The saved network is ECGFounder's container: `extract` runs it as the ecgfounder backbone, at its own rate
     # and size, and its native logits are the expert's own test predictions.
-    checkpoint = project / "heads" / TASK / "ecgfounder-post" / "12_lead_ECGFounder.pth"
+    checkpoint = project / head_dir(TASK, "ecgfounder-post") / "12_lead_ECGFounder.pth"
     extract_embeddings("ecgfounder", Path("corpus.zarr"), Path("post.zarr"), checkpoint=checkpoint, chunk_records=16)
     store = open_complete(Path("post.zarr"), "extract")
     assert store["embedding"].shape[1] == json.loads((checkpoint.parent / "meta.json").read_text())["shape"]["filters"][-1]

@@ -1,7 +1,7 @@
 """Stage two, first half: one expert per backbone = k fold heads, each fitted fresh on the other folds' rows
 (with a gate hold-out: one head, fitted on every training row; see TaskData.folds).
 
-Artifacts, heads/TASK/BACKBONE/ (written under a temporary name and renamed when complete):
+Artifacts, heads/BACKBONE/TASK/ (written under a temporary name and renamed when complete):
 - fold0..k-1/: head.json, base.safetensors, adapter/ (see pipeline.stage_two.heads);
 - predictions.npz: the stacking rows' out-of-fold and per-fold test predictions (see pipeline.stage_two.predictions);
 - meta.json: provenance and every fold's training curves (train and held-out loss per epoch).

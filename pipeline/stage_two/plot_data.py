@@ -282,7 +282,7 @@ def predicted_vs_actual_rows(task: Task, truth: np.ndarray, candidates: dict[str
 
 
 def training_histories(task: str, experts: list[str]) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """Every recorded training curve of a task: expert -> {"foldI": history} (heads/TASK/B/meta.json) and
+    """Every recorded training curve of a task: expert -> {"foldI": history} (heads/B/TASK/meta.json) and
     "gate" -> {variant: history} (gates/TASK/gate.json); those not on disk are left out."""
     found = {}
     for expert in experts:

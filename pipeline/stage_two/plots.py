@@ -56,7 +56,7 @@ def write_plots(task: Task, truth: np.ndarray, candidates: dict[str, np.ndarray]
 
 def write_task_plots(data: TaskData, tested: Tested | None = None) -> dict[str, list[Path]]:
     """`write_plots` for a task from its artifacts: the candidates' test predictions and gate weights (`tested`,
-    else pipeline.stage_two.evaluation.test_candidates) and the curves in heads/TASK/*/meta.json and gates/TASK/."""
+    else pipeline.stage_two.evaluation.test_candidates) and the curves in heads/*/TASK/meta.json and gates/TASK/."""
     candidates, weights, config = tested if tested is not None else test_candidates(data)
     experts = list(config["experts"])
     record_ids = strings(data.corpus["record_id"])[data.test]

@@ -1,4 +1,4 @@
-"""The experts' saved predictions, heads/TASK/BACKBONE/predictions.npz: what fit-gate and evaluate read.
+"""The experts' saved predictions, heads/BACKBONE/TASK/predictions.npz: what fit-gate and evaluate read.
 
 It holds gate_rows (the stacking rows: see TaskData) with their out-of-fit predictions (`oof`, each row
 predicted by a model that did not train on it: the fold head that left it out, or, for a gate hold-out, the

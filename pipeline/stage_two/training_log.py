@@ -8,7 +8,12 @@ validation[0] being the held-out loss before the first epoch); a stage hands the
 - the summary, DIR/metrics.json (DVC metrics), kept to a few columns so `dvc exp show` stays readable: for an
   expert's heads, the mean over its folds of the epochs trained and of the held-out loss of the kept weights,
   and the worst fold's; for the gates, under gates.TASK.VARIANT, each variant's epochs and held-out loss. Every
-  fold's own numbers are in the curves (and heads/TASK/BACKBONE/meta.json).
+  fold's own numbers are in the curves (and heads/BACKBONE/TASK/meta.json).
+
+Each stage logs into a folder of its own, beside the other tasks it trains there: fit_heads (one stage per
+backbone, every task) into dvclive/heads/BACKBONE/, post_train (one stage per task) into
+dvclive/heads/MODEL-post/TASK/, fit_gate (every task) into dvclive/gates/; the curves of a task are
+plots/custom/TASK.json and its summary is metrics.json's heads.TASK (gates.TASK).
 
 DVCLive writes no dvc.yaml (dvc.yaml declares these files), saves no experiment of its own and makes no
 report: `dvc exp run` / `dvc repro` already do that work.
@@ -19,14 +24,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from pipeline.layout import post_trained_model
 from pipeline.stage_two.plot_data import kept_epoch, training_rows
 
 HEADS_LOG = Path("dvclive/heads")
 GATES_LOG = Path("dvclive/gates")
 
 
-def heads_log_dir(task: str, backbone: str) -> Path:
-    return HEADS_LOG / task / backbone
+def heads_log_dir(task: str, expert: str) -> Path:
+    """The DVCLive folder of the stage that trains `expert` for `task` (see above)."""
+    return HEADS_LOG / expert / (task if post_trained_model(expert) else "")
 
 
 def best_loss(history: dict[str, list[float]]) -> float:
@@ -55,12 +62,12 @@ def _log(directory: Path, name: str, histories: dict, title: str, keep_others: b
     return live
 
 
-def log_heads(task: str, backbone: str, histories: dict[str, dict[str, list[float]]]) -> Path:
-    """One expert's fold heads (curve name "foldI" -> history) -> dvclive/heads/TASK/BACKBONE/."""
-    directory = heads_log_dir(task, backbone)
-    with _log(directory, "training", histories, f"{task} / {backbone} heads, loss per epoch", keep_others=False) as live:
-        live.summary.update(heads_summary(histories))
-    return directory / "plots" / "custom" / "training.json"
+def log_heads(task: str, expert: str, histories: dict[str, dict[str, list[float]]]) -> Path:
+    """One expert's fold heads of a task (curve name "foldI" -> history) -> heads_log_dir, beside the stage's other tasks."""
+    directory = heads_log_dir(task, expert)
+    with _log(directory, task, histories, f"{task} / {expert} heads, loss per epoch", keep_others=True) as live:
+        live.summary.setdefault("heads", {})[task] = heads_summary(histories)
+    return directory / "plots" / "custom" / f"{task}.json"
 
 
 def log_gates(task: str, histories: dict[str, dict[str, list[float]]]) -> Path:
