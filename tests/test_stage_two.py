@@ -10,7 +10,7 @@ from pipeline.stage_two.gate import Gate, combine, expert_features, fit_gate, ga
 from pipeline.stage_two.heads import cached_forward, fit_head, frozen_parts, predict
 from pipeline.stage_two.moe import gate_variants, moe_predict
 from pipeline.stage_two.probe import ALPHAS, fit_probe
-from pipeline.stage_two.training import validation_split
+from pipeline.stage_two.training import MIN_IMPROVEMENT, fit, validation_split
 from pipeline.seeding import seeded
 from pipeline.tasks import Task
 
@@ -236,6 +236,25 @@ def test_gate_early_stops_on_the_held_out_auroc_and_scores_its_start():
     assert -history["score"][0] == pytest.approx(roc_auc_score(label[held_out], plain), abs=1e-6)
     assert roc_auc_score(label[held_out], mixture) == pytest.approx(-min(history["score"]), abs=1e-6)
     assert -min(history["score"]) > -history["score"][0] + 0.05  # the lead tells which expert is the sharp one
+
+
+def test_early_stopping_counts_only_improvements_above_the_relative_threshold():
+    """A held-out score that keeps creeping down by less than MIN_IMPROVEMENT of itself is a plateau: training
+    stops `patience` epochs after the last real improvement and keeps that epoch's weights."""
+    scores = iter([100.0, 60.0, 50.0] + [50.0 * (1 - 0.2 * MIN_IMPROVEMENT) ** k for k in range(1, 100)])
+    model = torch.nn.Linear(1, 1)
+    x, y = torch.ones(8, 1), torch.zeros(8, 1)
+    kept = {}
+
+    def score(m, rows):
+        value = next(scores)
+        kept.setdefault("weights", []).append(m.weight.detach().clone())
+        return value
+
+    history = fit(model, (x, y), lambda m, xb, yb: ((m(xb) - yb) ** 2).mean(), {"epochs": 50, "lr": 0.01, "batch_size": 4, "patience": 3},
+                  0, (np.arange(6), np.arange(6, 8)), score=score)
+    assert len(history["train"]) == 2 + 3  # epoch 2 was the last real improvement, then 3 epochs of creeping
+    torch.testing.assert_close(model.weight, kept["weights"][2])
 
 
 def test_experts_are_mixed_in_logits_so_a_small_weight_on_a_weak_expert_keeps_the_ranking():

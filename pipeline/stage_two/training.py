@@ -62,6 +62,12 @@ def held_out_score(task: Task, target: np.ndarray, validation: np.ndarray, predi
     return score
 
 
+# An epoch improves on the best when it is better by more than this fraction of the best value (torch's
+# ReduceLROnPlateau's default relative threshold): on the demo's rr_interval gate the held-out MAE fell from 50.33
+# to 50.32 ms over the 120 epochs after its 10th, each by under 1e-4 of itself, and every such step reset patience.
+MIN_IMPROVEMENT = 1e-4
+
+
 @one_thread()
 def fit(
     model: torch.nn.Module,
@@ -80,7 +86,8 @@ def fit(
 
     `split` is (train, validation) positions (see `validation_split`). `settings` gives epochs, lr,
     batch_size, weight_decay and patience: training stops when the held-out loss has not improved for
-    `patience` epochs, and the best weights are kept. The starting point is scored too (epoch 0), so a model
+    `patience` epochs (an improvement counts when it exceeds MIN_IMPROVEMENT of the best value), and the best
+    weights are kept. The starting point is scored too (epoch 0), so a model
     that starts from something good (a probe, the plain mean) never ends worse than it on held-out subjects.
     Returns {"train": [...], "validation": [...]} losses per epoch (validation[0] is the start). The batch
     order comes from a generator seeded with `seed`, so the same data and seed give the same weights on the CPU.
@@ -142,7 +149,7 @@ def fit(
         history["train"].append(total / max(len(order), 1))
         if len(validation):
             current = held_out()
-            if current < best - 1e-6:
+            if current < best - MIN_IMPROVEMENT * max(abs(best), 1e-2):
                 best, waited = current, 0
                 best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
             else:
