@@ -138,6 +138,9 @@ def run_stage(work: Path, times: dict, key: str, args: list[str], output: str, c
         raise SystemExit(f"{key} failed (exit {process.returncode}); see {work / 'logs' / (key + '.log')}")
     with TIMES_LOCK:  # stages may run in threads (benchmarks/ptbxl_post_train.py --jobs)
         times[key] = time.perf_counter() - start
+        # merged with the file: ptbxl.py and ptbxl_post_train.py may run at once on the same work folder
+        on_disk = json.loads((work / "times.json").read_text()) if (work / "times.json").exists() else {}
+        times.update({name: seconds for name, seconds in on_disk.items() if name not in times})
         (work / "times.json").write_text(json.dumps(times, indent=1))
     print(f"== {key}: {times[key]:.0f} s", flush=True)
 
