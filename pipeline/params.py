@@ -184,6 +184,11 @@ def validate(params: dict, source: Path = Path("params.yaml")) -> dict:
     check.number("extract.batch_size", 1, integer=True)
     check.number("extract.chunk_records", 1, integer=True)
     _check_device(check, "extract.device")
+    if "cluster" in params:
+        scheduler = check.text("cluster.scheduler", "none")
+        if scheduler not in ("none", "local") and not scheduler.startswith(("tcp://", "tls://", "inproc://")):
+            check.fail("cluster.scheduler", "none, local, or a scheduler address such as tcp://host:8786", scheduler)
+        check.number("cluster.workers", 1, integer=True, default=2)
 
     definitions = check.get("task_definitions")
     if not isinstance(definitions, dict):

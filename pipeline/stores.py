@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -111,6 +112,30 @@ def provenance(**inputs) -> dict:
     return canonical({"enecg_version": __version__, **inputs})
 
 
+@dataclass(frozen=True)
+class ChunkWriter:
+    """What one task needs to fill one chunk of a partial store, in any process (it pickles): the chunk's rows,
+    and the store to write them and the chunk's `done` flag into (one Zarr chunk per flag, so that tasks running
+    at once never write the same chunk file; pipeline.cluster)."""
+
+    partial: Path
+    n_records: int
+    chunk_records: int
+
+    def rows(self, index: int) -> slice:
+        return slice(index * self.chunk_records, min((index + 1) * self.chunk_records, self.n_records))
+
+    def open(self) -> zarr.Group:
+        return zarr.open_group(self.partial, mode="r+")
+
+    def is_done(self, group: zarr.Group, index: int) -> bool:
+        return bool(group["done"][index])
+
+    def mark_done(self, group: zarr.Group, index: int) -> None:
+        """Written last, after the chunk's rows: a chunk whose flag is set is complete."""
+        group["done"][index] = True
+
+
 class ChunkedStore:
     """A Zarr group filled chunk by chunk, resumable after a kill, published atomically when complete."""
 
@@ -121,6 +146,7 @@ class ChunkedStore:
         self.n_records = n_records
         self.chunk_records = chunk_records
         self.n_chunks = max(1, -(-n_records // chunk_records))
+        self.writer = ChunkWriter(self.partial.resolve(), n_records, chunk_records)
         self.group: zarr.Group | None = None
         self.resumed_chunks = 0
 
@@ -133,9 +159,7 @@ class ChunkedStore:
             except Exception:  # an unreadable leftover of a killed run is simply discarded
                 same = False
             if same:
-                for leftover in self.partial.rglob("*.partial"):  # else they would be published with the store
-                    if TORN_WRITE.search(leftover.name) and leftover.is_file():
-                        leftover.unlink()
+                self._remove_torn_writes()
                 self.group = group
                 self.resumed_chunks = int(np.sum(group["done"][:]))
                 return group
@@ -143,24 +167,32 @@ class ChunkedStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         group = zarr.open_group(self.partial, mode="w")
         create_arrays(group)
-        group.create_array("done", shape=(self.n_chunks,), chunks=(self.n_chunks,), dtype=bool, fill_value=False)
+        group.create_array("done", shape=(self.n_chunks,), chunks=(1,), dtype=bool, fill_value=False)
         group.attrs.update({"fingerprint": self.fingerprint, "chunk_records": self.chunk_records, "complete": False})
         self.group = group
         return group
 
     def chunk(self, index: int) -> slice:
-        return slice(index * self.chunk_records, min((index + 1) * self.chunk_records, self.n_records))
+        return self.writer.rows(index)
 
     def pending(self) -> list[int]:
         done = self.group["done"][:]
         return [index for index in range(self.n_chunks) if not done[index]]
 
     def mark_done(self, index: int) -> None:
-        self.group["done"][index] = True
+        self.writer.mark_done(self.group, index)
+
+    def _remove_torn_writes(self) -> None:
+        """Temporary chunk files of a write that was killed (this process, or a cluster worker whose chunk was then
+        rewritten by another): else they would be published with the store."""
+        for leftover in self.partial.rglob("*.partial"):
+            if TORN_WRITE.search(leftover.name) and leftover.is_file():
+                leftover.unlink()
 
     def finish(self, attrs: dict) -> None:
         if self.pending():
             raise StoreError(f"{self.partial}: chunks {self.pending()[:10]} are not written; cannot publish")
+        self._remove_torn_writes()
         self.group.attrs.update({**canonical(attrs), "complete": True})
         _replace_dir(self.partial, self.path)
 

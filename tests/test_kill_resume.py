@@ -177,7 +177,7 @@ def signals_chunk(store: Path, index: int) -> Path:
     return store / "signals" / "c" / str(index) / "0" / "0"
 
 
-DONE_FLAG = ("pipeline.stores:ChunkedStore.mark_done", 2)  # chunks 0-1 ticked; chunk 2 written, its flag not
+DONE_FLAG = ("pipeline.stores:ChunkWriter.mark_done", 2)  # chunks 0-1 ticked; chunk 2 written, its flag not
 TORN_WRITE = ("pathlib:Path.replace", 0, "signals/c/2/0/0')")  # inside Zarr's write: temporary written, not renamed
 
 

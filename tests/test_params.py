@@ -52,6 +52,8 @@ def test_task_definitions_in_params_yaml_are_refused(tmp_path):
     (lambda p: p["task_definitions"]["rate_class"].update(classes=["brady"]), r"task_definitions\.rate_class\.classes must list at least 2"),
     (lambda p: p["task_definitions"]["irregular"].update(type="binomial"), r"task_definitions\.irregular\.type is 'binomial'"),
     (lambda p: p["heads"].update(lr="fast"), r"heads\.lr: expected a number, got 'fast'"),
+    (lambda p: p["cluster"].update(scheduler="slurm"), r"cluster\.scheduler: expected none, local, or a scheduler address such as tcp://host:8786, got 'slurm'"),
+    (lambda p: p["cluster"].update(workers=0), r"cluster\.workers: expected an integer in \[1, inf\], got 0"),
     (lambda p: p["heads"]["lora"].update(target_layers=[1]), r"heads\.lora\.target_layers: expected indices of the FFN's Linear layers"),
     (lambda p: p["gate"].update(leads=["II", "V7"]), r"gate\.leads: expected names drawn from .*\['V7'\]"),
     (lambda p: p["gate"].update(ablations=["both"]), r"gate\.ablations: expected names drawn from"),

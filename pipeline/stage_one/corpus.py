@@ -8,10 +8,15 @@ Everything that can be checked without reading a signal is checked first: the ma
 record path (inside the data root), and the labels of the tasks in params (their types), so that a bad
 manifest fails in seconds, not after hours of reading. `strict` stops at the first chunk that excludes a
 record; the chunks written so far are kept, so a rerun without it resumes.
+
+Each chunk of records is one task (`prepare_chunk`), run in this process or on a dask.distributed cluster's
+workers (params `cluster`, pipeline.cluster); within a task, records are read by dask's threads in this
+process, one after the other on a cluster worker (the cluster's parallelism is its workers).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import Counter
@@ -24,13 +29,14 @@ import numpy as np
 import zarr
 
 from pipeline import manifests
+from pipeline.cluster import run_chunks
 from pipeline.ecg import LEADS_12
 from pipeline.errors import ManifestError, RecordError
 from pipeline.manifests import ManifestRecord, read_manifest, resolve_record
-from pipeline.progress import progress_bar
 from pipeline.stage_one import fast_wfdb, signals
 from pipeline.stage_one.signals import QCSettings, load_canonical
 from pipeline.stores import (
+    ChunkWriter,
     ChunkedStore,
     create_records_array,
     file_sha256,
@@ -107,6 +113,24 @@ def check_labels(manifest: Path, records: list[ManifestRecord], tasks: Sequence[
             raise ManifestError(f"{manifest}: {error}") from None
 
 
+def prepare_chunk(writer: ChunkWriter, settings: QCSettings, workers: int, scheduler: str, index: int, paths: Sequence[Path]) -> None:
+    """Chunk `index` of corpus.zarr from its records' `paths`: read, checked, written, then flagged done
+    (nothing, if a killed run's task already flagged it)."""
+    group = writer.open()
+    if writer.is_done(group, index):
+        return
+    rows = writer.rows(index)
+    loaded = load_records(paths, settings, workers, scheduler)
+    block = np.zeros((len(loaded), len(LEADS_12), settings.samples), dtype=np.float32)
+    for row, (signal, _) in enumerate(loaded):
+        if signal is not None:
+            block[row] = signal
+    group["signals"][rows] = block
+    group["qc_ok"][rows] = np.array([signal is not None for signal, _ in loaded])
+    group["qc_reason"][rows] = np.array([reason for _, reason in loaded])
+    writer.mark_done(group, index)
+
+
 def prepare_corpus(
     manifest: Path,
     root: Path,
@@ -117,10 +141,12 @@ def prepare_corpus(
     scheduler: str = "threads",
     strict: bool = False,
     tasks: Sequence[Task] = (),
+    client=None,
 ) -> dict:
     """Build corpus.zarr (resumable, atomic); returns the summary with excluded counts by reason.
 
-    `tasks` are the params' tasks, whose labels are checked before any record is read.
+    `tasks` are the params' tasks, whose labels are checked before any record is read. `client`: a
+    dask.distributed Client whose workers prepare the chunks (pipeline.cluster), or None for this process.
     """
     records: list[ManifestRecord] = read_manifest(manifest)
     paths = record_paths(manifest, root, records)
@@ -147,22 +173,12 @@ def prepare_corpus(
 
     group = store.open(create)
     pending = store.pending()
-    done_records = count - sum(store.chunk(i).stop - store.chunk(i).start for i in pending)
-    with progress_bar("prepare: reading records", count, completed=done_records) as advance:
-        for index in pending:
-            rows = store.chunk(index)
-            loaded = load_records(paths[rows], settings, workers, scheduler)
-            block = np.zeros((len(loaded), len(LEADS_12), settings.samples), dtype=np.float32)
-            for row, (signal, _) in enumerate(loaded):
-                if signal is not None:
-                    block[row] = signal
-            group["signals"][rows] = block
-            group["qc_ok"][rows] = np.array([signal is not None for signal, _ in loaded])
-            group["qc_reason"][rows] = np.array([reason for _, reason in loaded])
-            store.mark_done(index)
-            advance(len(loaded))
-            if strict:
-                _fail_on_exclusions(group, paths, rows)
+    size = lambda index: store.chunk(index).stop - store.chunk(index).start  # noqa: E731
+    threads = workers if client is None else 1
+    work = functools.partial(prepare_chunk, store.writer, settings, threads, scheduler)
+    run_chunks(client, "prepare: reading records", pending, work, size, count, completed=count - sum(map(size, pending)),
+               payload=lambda index: paths[store.chunk(index)],
+               after=(lambda index: _fail_on_exclusions(group, paths, store.chunk(index))) if strict else None)
 
     reasons = strings(group["qc_reason"])
     ok = group["qc_ok"][:]

@@ -4,19 +4,24 @@ The corpus is read chunk by chunk; each chunk's records are reduced to the backb
 its rate, passed through its own preprocessing, and embedded in batches under `torch.inference_mode()`
 (bf16 autocast on a GPU). Rows of records that failed QC stay NaN. The store is resumable and is published
 only when complete; its attrs record the backbone, input spec, checkpoint sha256 and package version.
+
+Each chunk is one task (`extract_chunk`), run in this process or on a dask.distributed cluster's workers
+(params `cluster`, pipeline.cluster): every worker loads the backbone once and keeps it for all its chunks, and
+on workers that declare GPUs each task holds one.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import torch
 import zarr
 
+from pipeline.cluster import gpu_resources, run_chunks
 from pipeline.ecg import resample
 from pipeline.errors import StoreError
-from pipeline.progress import progress_bar
 from pipeline.stage_one.backbones import (
     Backbone,
     InputSpec,
@@ -24,7 +29,7 @@ from pipeline.stage_one.backbones import (
     checkpoint_sha256,
     default_checkpoint,
 )
-from pipeline.stores import ChunkedStore, create_records_array, open_corpus, provenance
+from pipeline.stores import ChunkedStore, ChunkWriter, create_records_array, open_corpus, provenance
 
 
 def to_spec(signals: np.ndarray, corpus_rate: float, corpus_leads: list[str], spec: InputSpec) -> np.ndarray:
@@ -59,6 +64,34 @@ def embed_batches(backbone: Backbone, inputs: np.ndarray, batch_size: int, devic
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
 
+@functools.lru_cache(maxsize=1)
+def loaded_backbone(name: str, checkpoint: str, sha256: str, device: str) -> tuple[Backbone, torch.device]:
+    """The frozen backbone on its device, built once per process: a cluster worker keeps it for every chunk it
+    embeds. Keyed by the checkpoint's sha256 too, so a rewritten checkpoint file is never served stale."""
+    torch_device = resolve_device(device)
+    return build_backbone(name, Path(checkpoint)).to(torch_device), torch_device
+
+
+def extract_chunk(writer: ChunkWriter, corpus_path: Path, backbone_key: tuple, batch_size: int, index: int, _payload=None) -> None:
+    """Chunk `index` of the embedding store: its QC-passed records embedded and written (the others' rows stay
+    NaN), then flagged done (nothing, if a killed run's task already flagged it)."""
+    group = writer.open()
+    if writer.is_done(group, index):
+        return
+    backbone, device = loaded_backbone(*backbone_key)
+    corpus = open_corpus(corpus_path)
+    rows = writer.rows(index)
+    keep = np.flatnonzero(corpus["qc_ok"][rows])
+    if len(keep):
+        signals = corpus["signals"][rows][keep]
+        inputs = backbone_inputs(signals, float(corpus.attrs["sampling_rate"]), list(corpus.attrs["leads"]), backbone)
+        for output, value in embed_batches(backbone, inputs, batch_size, device).items():
+            block = np.full((rows.stop - rows.start, *value.shape[1:]), np.nan, dtype=np.float32)
+            block[keep] = value
+            group[output][rows] = block
+    writer.mark_done(group, index)
+
+
 def extract_embeddings(
     name: str,
     corpus_path: Path,
@@ -68,13 +101,14 @@ def extract_embeddings(
     chunk_records: int = 256,
     device: str = "auto",
     stop_after_chunks: int | None = None,
+    client=None,
 ) -> dict:
-    """Write embeddings/NAME.zarr; returns a summary. `stop_after_chunks` simulates a kill (tests, benchmarks)."""
+    """Write embeddings/NAME.zarr; returns a summary. `client`: a dask.distributed Client whose workers embed the
+    chunks (pipeline.cluster), or None for this process. `stop_after_chunks` simulates a kill (tests, benchmarks)."""
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(name)
-    backbone = build_backbone(name, checkpoint)
+    backbone_key = (name, str(checkpoint.resolve()), checkpoint_sha256(checkpoint), device)
+    backbone, torch_device = loaded_backbone(*backbone_key)
     config = backbone.config  # the registered config, or one sized by the checkpoint (a user's own DLinear/TimesNet)
-    torch_device = resolve_device(device)
-    backbone.to(torch_device)
 
     corpus = open_corpus(corpus_path)
     count = corpus["signals"].shape[0]
@@ -84,7 +118,7 @@ def extract_embeddings(
     fingerprint = {
         "backbone": name,
         "spec": config.spec.as_dict(),
-        "checkpoint_sha256": checkpoint_sha256(checkpoint),
+        "checkpoint_sha256": backbone_key[2],
         "checkpoint_config": getattr(backbone, "checkpoint_config", None) or {},  # settings no tensor determines
         "corpus": corpus.attrs["provenance"],
     }
@@ -99,23 +133,13 @@ def extract_embeddings(
         for output, value in probe.items():
             create_records_array(group, output, (count, *value.shape[1:]), chunk_records, "float32", float("nan"))
 
-    group = store.open(create)
+    store.open(create)
     pending = store.pending()
-    with progress_bar(f"extract {name}", store.n_chunks, completed=store.n_chunks - len(pending)) as advance:
-        for written, index in enumerate(pending):
-            if stop_after_chunks is not None and written >= stop_after_chunks:
-                return {"backbone": name, "stopped_after_chunks": written}
-            rows = store.chunk(index)
-            keep = np.flatnonzero(qc_ok[rows])
-            if len(keep):
-                signals = corpus["signals"][rows][keep]
-                outputs = embed_batches(backbone, backbone_inputs(signals, corpus_rate, corpus_leads, backbone), batch_size, torch_device)
-                for output, value in outputs.items():
-                    block = np.full((rows.stop - rows.start, *value.shape[1:]), np.nan, dtype=np.float32)
-                    block[keep] = value
-                    group[output][rows] = block
-            store.mark_done(index)
-            advance()
+    work = functools.partial(extract_chunk, store.writer, Path(corpus_path).resolve(), backbone_key, batch_size)
+    finished = run_chunks(client, f"extract {name}", pending, work, lambda index: 1, store.n_chunks, completed=store.n_chunks - len(pending),
+                          resources=gpu_resources(client) if client is not None else None, stop_after=stop_after_chunks)
+    if not finished:
+        return {"backbone": name, "stopped_after_chunks": stop_after_chunks}
     store.finish(
         {
             "backbone": name,
