@@ -34,7 +34,7 @@ from pipeline.stage_one.backbones.ecgfounder import (
 from pipeline.stage_one.demo import TASKS as DEMO_TASKS
 from pipeline.stage_one.extract import extract_embeddings
 from pipeline.stage_two.dataset import load_task_data
-from pipeline.stage_two.post_train import set_preview_probe, warmup_cosine
+from pipeline.stage_two.post_train import fold_classifier, set_preview_probe, warmup_cosine
 from pipeline.stage_two.probe import fit_probe
 from pipeline.stores import open_complete
 from pipeline.tasks import Task
@@ -96,6 +96,11 @@ def test_preview_probe_makes_the_classifier_the_closed_form_probe():
     z = (features - features.mean(0)) / features.std(0).mean()
     weight, bias = fit_probe(task, z.numpy(), target.numpy())
     with torch.no_grad():
+        np.testing.assert_allclose(net.dense(features).numpy(), z.numpy() @ weight.T + bias, atol=1e-4)
+        # it trains in the probe's own (standardised) units, so AdamW's ~lr steps move it as they move a fresh Linear
+        np.testing.assert_allclose(net.dense.dense.weight.numpy(), weight, rtol=1e-6)
+        fold_classifier(net)  # then the network's own Linear again, with the same outputs
+        assert isinstance(net.dense, torch.nn.Linear) and set(net.state_dict()) == set(Net1D(SMALL).state_dict())
         np.testing.assert_allclose(net.dense(features).numpy(), z.numpy() @ weight.T + bias, atol=1e-4)
 
 
@@ -175,7 +180,7 @@ def test_dvc_stage_depends_on_what_it_runs_and_on_no_head_or_gate_parameter():
     assert stage["matrix"] == {"task": "${tasks}", "model": "${post_trained}"}
     assert stage["params"] == ["post_train", "split"]  # not heads, gate, backbones or the post_trained list
     assert stage["outs"] == ["heads/${item.model}-post/${item.task}"]
-    infrastructure = {"pipeline/__init__.py", "pipeline/errors.py", "pipeline/layout.py", "pipeline/manifests.py",
+    infrastructure = {"pipeline/__init__.py", "pipeline/cluster.py", "pipeline/errors.py", "pipeline/layout.py", "pipeline/manifests.py",
                       "pipeline/progress.py", "pipeline/seeding.py", "pipeline/stores.py"}  # fit_heads lists none of these
     code = {dep for dep in stage["deps"] if dep.endswith(".py")}
     assert code == imported_files(ROOT / "stages/post_train.py") - infrastructure

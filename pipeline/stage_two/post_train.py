@@ -5,8 +5,9 @@ random initialisation comes close to plain fine-tuning of the pretrained model):
 
 1. preview linear probing: the network frozen, its classifier (`net.dense`) is set to the closed-form linear
    probe of its pooled features (pipeline.stage_two.probe, the heads' probe: ridge, penalty by leave-one-out,
-   Platt-scaled to logits), with the features' centring and scale folded into the weights, so fine-tuning
-   starts from a calibrated classifier instead of a random one (`preview_probe: false` keeps the random one);
+   Platt-scaled to logits), so fine-tuning starts from a calibrated classifier instead of a random one
+   (`preview_probe: false` keeps the random one); it trains on the standardised features it was fitted on
+   (StandardisedClassifier) and is folded into a plain Linear when training ends;
 2. full fine-tuning: every weight trains with AdamW, the learning rate warming up linearly for
    `warmup_epochs` and then decaying along a cosine to zero at `epochs`; stochastic depth is the network's own
    (Net1D's drop path, set by whoever built it); early stopping on held-out training subjects scores the
@@ -78,19 +79,53 @@ def network_outputs(net: nn.Module, x: torch.Tensor, batch_size: int, device: to
     return torch.cat(features), torch.cat(outputs)
 
 
+class StandardisedClassifier(nn.Module):
+    """The classifier W z + b on standardised features z = (f - mean) / scale (fixed buffers), while it trains.
+
+    A random network's pooled features are small (PTB-XL, `cpu` size: std 0.037), so the probe written on the raw
+    features has weights ~250x a fresh Linear's (std 9.1 vs 0.036), and AdamW, whose steps are ~lr per weight
+    whatever the weight's size, would barely move it: the backbone would fine-tune under a classifier frozen at a
+    probe of random features. On standardised features the same probe has weights of the usual size. `folded()`
+    is the equal raw-feature Linear W / scale, b - (W / scale) mean, the one the released container holds."""
+
+    def __init__(self, dense: nn.Linear, mean: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        self.dense = dense
+        self.register_buffer("mean", mean.detach().clone())
+        self.register_buffer("scale", scale.detach().clone())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.dense((features - self.mean) / self.scale)
+
+    @torch.no_grad()
+    def folded(self) -> nn.Linear:
+        weight = self.dense.weight / self.scale
+        linear = nn.Linear(weight.shape[1], weight.shape[0]).to(weight.device)
+        linear.weight.copy_(weight)
+        linear.bias.copy_(self.dense.bias - weight @ self.mean)
+        return linear
+
+
 def set_preview_probe(task, net: nn.Module, features: torch.Tensor, target: torch.Tensor) -> None:
-    """Set `net.dense` to the linear probe of the fit rows' pooled `features`, in raw-feature terms: the probe
-    W z + b of z = (f - mean) / scale is the Linear W / scale, b - (W / scale) mean.
+    """Make `net.dense` the linear probe of the fit rows' pooled `features`, as a StandardisedClassifier (fold it
+    with `fold_classifier` when training is done).
 
     One scale for every feature (their mean std), not one per feature: the ridge penalty then treats the
     features as the classifier's own weight decay will, and a feature that is nearly constant on these rows
     (a random network has some) is not blown up into noise on others."""
     mean, scale = features.mean(0), features.std(0).mean().clamp_min(1e-6)
     weight, bias = fit_probe(task, ((features - mean) / scale).numpy(), target.numpy())
-    weight = torch.from_numpy(weight).float() / scale
+    dense = nn.Linear(features.shape[1], weight.shape[0]).to(net.dense.weight.device)
     with torch.no_grad():
-        net.dense.weight.copy_(weight)
-        net.dense.bias.copy_(torch.from_numpy(bias).float() - weight @ mean)
+        dense.weight.copy_(torch.from_numpy(weight).float())
+        dense.bias.copy_(torch.from_numpy(bias).float())
+    net.dense = StandardisedClassifier(dense, mean.to(dense.weight.device), scale.to(dense.weight.device))
+
+
+def fold_classifier(net: nn.Module) -> None:
+    """`net.dense` back to a plain Linear (the network's own structure and state_dict keys)."""
+    if isinstance(net.dense, StandardisedClassifier):
+        net.dense = net.dense.folded()
 
 
 def post_train(data: TaskData, net: nn.Module, inputs: np.ndarray, rows: np.ndarray, settings: dict, device: torch.device, name: str) -> PostTrained:
@@ -141,6 +176,7 @@ def post_train(data: TaskData, net: nn.Module, inputs: np.ndarray, rows: np.ndar
         timings["fine_tune_s"] = time.perf_counter() - stamps[0]
         timings["steps"] = len(stamps) - 1
         timings["step_s"] = float(np.median(np.diff(stamps))) if len(stamps) > 1 else float("nan")  # median: epoch ends hold validation
+        fold_classifier(net)
         final = {"oof": predictions(gate), "test_folds": predictions(test)[None]}
     net.cpu().eval()
     trained = rows[np.union1d(fitted, held)]
