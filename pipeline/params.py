@@ -138,7 +138,8 @@ def _check_post_training(check: _Checker, method: str) -> None:
         check.fail(f"post_train.sizes.{size}", "the published size with init: checkpoint (width 1, depth 1, "
                    "sampling_rate 500: the size and rate the released weights have)", sizes[size])
     check.number("post_train.stochastic_depth", 0, 0.9)
-    check.boolean("post_train.preview_probe")
+    if check.get("post_train.preview_probe") not in (True, False, "auto"):
+        check.fail("post_train.preview_probe", "true, false or auto", check.get("post_train.preview_probe"))
     check.number("post_train.epochs", 0, integer=True)
     check.number("post_train.warmup_epochs", 0)
     check.number("post_train.lr", 0, open_low=True)

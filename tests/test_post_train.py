@@ -34,7 +34,7 @@ from pipeline.stage_one.backbones.ecgfounder import (
 from pipeline.stage_one.demo import TASKS as DEMO_TASKS
 from pipeline.stage_one.extract import extract_embeddings
 from pipeline.stage_two.dataset import load_task_data
-from pipeline.stage_two.post_train import fold_classifier, set_preview_probe, warmup_cosine
+from pipeline.stage_two.post_train import fold_classifier, set_preview_probe, uses_preview_probe, warmup_cosine
 from pipeline.stage_two.probe import fit_probe
 from pipeline.stores import open_complete
 from pipeline.tasks import Task
@@ -84,6 +84,12 @@ def test_warmup_then_cosine():
     factor = warmup_cosine(4, 20)
     assert [factor(step) for step in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert factor(12) == pytest.approx(0.5) and factor(20) == pytest.approx(0.0) and factor(30) == pytest.approx(0.0)
+
+
+def test_preview_probe_auto_probes_a_checkpoints_features_only():
+    assert uses_preview_probe({"preview_probe": "auto", "init": "checkpoint"})
+    assert not uses_preview_probe({"preview_probe": "auto", "init": "random"})  # a probe of random features hurt
+    assert uses_preview_probe({"preview_probe": True, "init": "random"}) and not uses_preview_probe({"preview_probe": False, "init": "checkpoint"})
 
 
 def test_preview_probe_makes_the_classifier_the_closed_form_probe():
@@ -136,7 +142,7 @@ def changed(edit) -> dict:
     (lambda p: p["post_train"].update(size="huge"), r"post_train\.size: expected a name among post_train\.sizes"),
     (lambda p: p["post_train"]["sizes"]["cpu"].update(sampling_rate=50), r"post_train\.sizes\.cpu\.sampling_rate: expected a number in \(80, 500\]"),
     (lambda p: p["post_train"].update(stochastic_depth=1.5), r"post_train\.stochastic_depth: expected a number in \[0, 0\.9\]"),
-    (lambda p: p["post_train"].update(preview_probe="yes"), r"post_train\.preview_probe: expected true or false"),
+    (lambda p: p["post_train"].update(preview_probe="yes"), r"post_train\.preview_probe: expected true, false or auto"),
 ])
 def test_params_refuse_a_leaky_or_wrong_post_training_setup(edit, message):
     with pytest.raises(ManifestError, match=message):
@@ -197,7 +203,7 @@ def tiny_params() -> dict:
     params["split"]["gate_fraction"] = 0.25
     params["post_trained"] = ["ecgfounder", "ecgfounder-1lead"]
     params["post_train"]["sizes"]["tiny"] = {"width": 0.0625, "depth": 0.25, "sampling_rate": 100}
-    params["post_train"].update(size="tiny", epochs=2, batch_size=16, patience=2)
+    params["post_train"].update(size="tiny", epochs=2, batch_size=16, patience=2, preview_probe=True)  # every label-dependent step
     params["heads"].update(epochs=5)
     params["gate"].update(epochs=5)
     params["evaluate"]["bootstrap"] = 20
@@ -287,7 +293,7 @@ def test_no_row_the_gate_trains_on_was_seen_by_any_expert(project, tmp_path, mon
         after = saved_predictions(copy_dir, expert)
         for key in ("train_rows", "test_rows", "test_folds", "probe_test_folds"):
             assert np.array_equal(after[key], before[expert][key]), (expert, key)
-        assert not np.array_equal(after["oof"], before[expert]["oof"])  # the gate rows' inputs did change
+        assert not np.array_equal(after["oof"], before[expert]["oof"]), expert  # the gate rows' inputs did change
 
     def one_training_label_flipped(*args, **kwargs):  # the check has teeth: a training row's label does count
         data = flipped_labels(*args, **kwargs)
