@@ -179,9 +179,6 @@ class ChunkedStore:
         done = self.group["done"][:]
         return [index for index in range(self.n_chunks) if not done[index]]
 
-    def mark_done(self, index: int) -> None:
-        self.writer.mark_done(self.group, index)
-
     def _remove_torn_writes(self) -> None:
         """Temporary chunk files of a write that was killed (this process, or a cluster worker whose chunk was then
         rewritten by another): else they would be published with the store."""

@@ -2,8 +2,8 @@
 out-of-fold predictions), and their training curves logged with DVCLive -> dvclive/heads/BACKBONE/.
 
 One process per backbone, not per task x backbone: each process pays torch's, peft's and scikit-learn's
-start-up (~8 s on 2 cores, most of the demo's fit_heads time) and reads its embedding store once, which at
-MIMIC-IV-ECG's size is the expensive part. A changed embedding reruns only its backbone's heads."""
+start-up (~8 s on 2 cores, most of the demo's fit_heads time) once for all its tasks. Each task still reads
+its own rows of the embedding store. A changed embedding reruns only its backbone's heads."""
 
 from pipeline.layout import embeddings_path, head_dir
 from pipeline.stage_two.dataset import load_task_data

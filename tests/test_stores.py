@@ -14,7 +14,7 @@ def fill(store, values, stop_after=None):
         if stop_after is not None and count >= stop_after:
             return written
         group["x"][store.chunk(index)] = values[store.chunk(index)]
-        store.mark_done(index)
+        store.writer.mark_done(group, index)
         written.append(index)
     store.finish({"what": "test"})
     return written
